@@ -1,0 +1,89 @@
+# Boring ML Stack: the user interface. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PORT    ?= 8000
+HOST    ?= 127.0.0.1
+SCALE   ?= 1
+export PORT HOST
+
+# Load-test knobs (see loadtest/README.md)
+USERS      ?= 64
+SPAWN_RATE ?= 32
+DURATION   ?= 30s
+
+.PHONY: help install up down seed train serve test lint loadtest bench experiments ab-report ab-demo \
+        audit rollback clean system-deps
+
+help: ## this list
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml
+	@echo "install: creating $(VENV) from requirements.lock"
+	@if command -v uv >/dev/null 2>&1; then \
+	  uv venv -q --allow-existing --python python3.11 $(VENV) && \
+	  VIRTUAL_ENV=$(VENV) uv pip install -q -r requirements.lock && \
+	  VIRTUAL_ENV=$(VENV) uv pip install -q --no-deps -e . ; \
+	else \
+	  python3 -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && \
+	  $(PY) -m pip install -q -r requirements.lock && $(PY) -m pip install -q --no-deps -e . ; \
+	fi
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv from the lock (seconds when already done)
+
+system-deps: ## tools the tests use: promtool, nginx, wrk (Debian packages)
+	@bash deploy/system_deps.sh
+
+up: install ## start the stack: docker compose, or local processes without a Docker engine
+	@if docker info >/dev/null 2>&1; then docker compose up -d --build && docker compose ps; \
+	else $(PY) -m stack.local up --scale $(SCALE); fi
+
+down: ## stop what `make up` started
+	@if docker info >/dev/null 2>&1; then docker compose down; \
+	else $(PY) -m stack.local down; fi
+
+seed: install ## load the demo data into DATABASE_URL (default var/app.db)
+	$(PY) -m features.demo $(ARGS)
+
+train: install ## train, gate and deploy a model (ARGS="--model logreg --notes '...'")
+	$(PY) -m train $(ARGS)
+
+serve: install ## run the model server in the foreground
+	$(PY) -m serve
+
+rollback: install ## re-point `current` to the previous version, or TO=<version>
+	$(PY) -m train.registry rollback $(if $(TO),--to $(TO)) $(if $(REASON),--reason "$(REASON)")
+
+experiments: install ## the experiment log as a table (ARGS="--model lightgbm --last 10"; PLOT=roc_auc)
+	$(PY) -m experiments $(if $(PLOT),--plot $(PLOT)) $(ARGS)
+
+ab-report: install ## analyse the running A/B experiment (writes var/ab/)
+	$(PY) -m ab $(ARGS)
+
+ab-demo: install ## the whole A/B loop on the demo data, in about a minute
+	$(PY) -m ab.demo $(ARGS)
+
+audit: install ## is it time to add complexity? each trigger, measured
+	$(PY) -m stack.audit $(ARGS)
+
+loadtest: install ## Locust against HOST (make loadtest HOST=http://127.0.0.1:8000 USERS=64 DURATION=30s)
+	$(PY) -m loadtest --host $(if $(filter http%,$(HOST)),$(HOST),http://$(HOST):$(PORT)) \
+	  --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) $(ARGS)
+
+bench: install system-deps ## serving benchmark: model calls, /health, /predict, batch, RSS
+	$(PY) -m serve.bench $(ARGS)
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check .
+
+test: install system-deps ## every test (what CI runs)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(ARGS)
+
+clean: ## remove runtime state (var/) and caches; keeps .venv
+	rm -rf var .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

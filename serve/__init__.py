@@ -1,0 +1,1 @@
+"""Serving: one FastAPI app under gunicorn that loads the model and answers predictions."""

@@ -1,0 +1,41 @@
+"""`python -m serve`: run the model server under gunicorn (the container's entrypoint too)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import sys
+from pathlib import Path
+
+from stack.settings import get_settings
+
+CONFIG = Path(__file__).with_name("gunicorn.conf.py")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def main() -> int:
+    settings = get_settings()  # a misconfiguration stops here, naming the variable
+    if not port_is_free(settings.host, settings.port):
+        print(f"serve: port {settings.port} on {settings.host} is already in use; stop what runs there "
+              f"(`make down`) or choose another with PORT=...", file=sys.stderr)
+        return 2
+    argv = ["gunicorn", "--config", str(CONFIG), "serve.app:create_app()"]
+    os.execvp(sys.executable, [sys.executable, "-m", *argv])
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

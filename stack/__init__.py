@@ -1,0 +1,1 @@
+"""Cross-component plumbing: typed settings and logging. Nothing model-specific lives here."""

@@ -1,0 +1,1 @@
+"""Training: dataset -> check -> split -> fit -> evaluate -> gate -> save -> log -> deploy."""

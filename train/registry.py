@@ -1,0 +1,232 @@
+"""The model registry: a folder. Versions are immutable directories; `current` names the live one.
+
+    $MODEL_DIR/versions/<version>/{model.joblib, meta.json, *.png}
+    $MODEL_DIR/current        one line: the version serving traffic (replaced by rename)
+    $MODEL_DIR/history.csv    promotions and rollbacks: when, from, to, why
+
+joblib files are pickles: loading one runs code. Only load artifacts this registry wrote.
+
+    python -m train.registry list | rollback [--to VERSION] [--reason TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+HISTORY_FIELDS = ("at", "action", "from_version", "to_version", "reason")
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot do what was asked; the message says why."""
+
+
+def new_version(now: datetime | None = None) -> str:
+    """A version id that sorts by time: YYYYMMDDTHHMMSSZ-<6 hex>."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Registry:
+    """Read and write model versions under one folder."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.current_file = self.root / "current"
+        self.history_file = self.root / "history.csv"
+
+    # -- reading -----------------------------------------------------------------------------
+    def versions(self) -> list[str]:
+        """Complete versions, oldest first (temp folders of unfinished writes are not listed)."""
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.versions_dir.iterdir()
+            if VERSION_RE.match(p.name) and (p / "meta.json").is_file()
+        )
+
+    def current(self) -> str | None:
+        """The version `current` names, or None when nothing is deployed."""
+        try:
+            value = self.current_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return value or None
+
+    def path(self, version: str) -> Path:
+        """The folder of `version`; RegistryError when it does not exist."""
+        if not VERSION_RE.match(version or ""):
+            raise RegistryError(f"{version!r} is not a model version (expected YYYYMMDDTHHMMSSZ-abc123)")
+        folder = self.versions_dir / version
+        if not (folder / "meta.json").is_file():
+            known = ", ".join(self.versions()[-5:]) or "none"
+            raise RegistryError(f"model version {version} not found in {self.versions_dir} (latest: {known})")
+        return folder
+
+    def meta(self, version: str) -> dict[str, Any]:
+        """meta.json of `version`."""
+        path = self.path(version) / "meta.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"cannot read {path}: {exc}") from None
+
+    def load(self, version: str) -> tuple[Any, dict[str, Any]]:
+        """(artifact, meta) of `version`. Trusted files only: joblib is pickle."""
+        meta = self.meta(version)
+        path = self.path(version) / "model.joblib"
+        try:
+            artifact = joblib.load(path)
+        except Exception as exc:  # a truncated or foreign file raises many different things
+            raise RegistryError(f"cannot load {path}: {type(exc).__name__}: {exc}") from None
+        if not isinstance(artifact, dict) or "model_type" not in artifact:
+            raise RegistryError(f"{path} is not a model artifact written by `python -m train`")
+        return artifact, meta
+
+    def history(self) -> list[dict[str, str]]:
+        """Rows of history.csv, oldest first."""
+        if not self.history_file.exists():
+            return []
+        with self.history_file.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    # -- writing -----------------------------------------------------------------------------
+    def write(
+        self,
+        version: str,
+        artifact: Any,
+        meta: dict[str, Any],
+        extra: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Write a version atomically: into a temp folder, fsync, then one rename.
+
+        `extra(folder)` may add files (plots). On any error the temp folder is removed and
+        nothing becomes visible.
+        """
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        final = self.versions_dir / version
+        if final.exists():
+            raise RegistryError(f"version {version} already exists")
+        tmp = self.versions_dir / f".tmp-{version}"
+        try:
+            tmp.mkdir()
+            joblib.dump(artifact, tmp / "model.joblib")
+            if extra:
+                extra(tmp)
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+            for file in tmp.iterdir():
+                with file.open("rb") as f:
+                    os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            os.rename(tmp, final)
+            _fsync_dir(self.versions_dir)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise RegistryError(f"could not write model version {version} to {self.versions_dir}: "
+                                    f"{exc.strerror or exc}; nothing was written") from exc
+            raise
+        return final
+
+    def set_current(self, version: str, action: str, reason: str) -> str | None:
+        """Point `current` at `version` (atomic rename) and record it; returns the previous one."""
+        self.path(version)  # must exist
+        previous = self.current()
+        tmp = self.root / f".current.{os.getpid()}.tmp"
+        tmp.write_text(version + "\n")
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.current_file)
+        _fsync_dir(self.root)
+        self._append_history(action, previous, version, reason)
+        return previous
+
+    def rollback(self, to: str | None = None, reason: str = "") -> tuple[str | None, str]:
+        """Re-point `current` to `to`, or to the version deployed before the current one."""
+        now = self.current()
+        if to is None:
+            to = self._previous_deployed(now)
+            if to is None:
+                raise RegistryError("nothing to roll back to: no earlier deployed version in history.csv "
+                                    "(use `make rollback TO=<version>`)")
+        if to == now:
+            raise RegistryError(f"{to} is already current")
+        self.set_current(to, "rollback", reason or "manual rollback")
+        return now, to
+
+    def _previous_deployed(self, now: str | None) -> str | None:
+        # Walk the history backwards: the version that was current before `now` became current.
+        for row in reversed(self.history()):
+            if row["to_version"] == now and row["from_version"]:
+                return row["from_version"]
+        return None
+
+    def _append_history(self, action: str, previous: str | None, version: str, reason: str) -> None:
+        new = not self.history_file.exists()
+        with self.history_file.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "action": action,
+                "from_version": previous or "",
+                "to_version": version,
+                "reason": reason,
+            })
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stack.settings import get_settings
+
+    parser = argparse.ArgumentParser(prog="python -m train.registry", description="Inspect the model registry; roll back.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="versions with their metrics; * marks current")
+    rb = sub.add_parser("rollback", help="re-point current (default: the previously deployed version)")
+    rb.add_argument("--to", default=None, help="version to deploy")
+    rb.add_argument("--reason", default="", help="why (recorded in history.csv)")
+    args = parser.parse_args(argv)
+    registry = Registry(get_settings().model_dir)
+    try:
+        if args.command == "list":
+            current = registry.current()
+            for v in registry.versions():
+                meta = registry.meta(v)
+                auc = meta.get("metrics", {}).get("roc_auc")
+                mark = "*" if v == current else " "
+                print(f"{mark} {v}  {meta.get('model_type', '?'):9s}  roc_auc={auc if auc is None else f'{auc:.4f}'}")
+            if not registry.versions():
+                print(f"no model versions in {registry.versions_dir}: run `make train`")
+        else:
+            before, after = registry.rollback(args.to, args.reason)
+            print(f"rollback: current {before} -> {after} (recorded in {registry.history_file})")
+    except RegistryError as exc:
+        print(f"registry: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
