@@ -110,9 +110,18 @@ def user_bounds(conn: Connection) -> tuple[str, str]:
     return lo, hi
 
 
+def require_app_tables(conn: Connection) -> None:
+    """EmptyDataError unless the demo app's tables exist."""
+    missing = [t.name for t in tables.APP_TABLES if not conn.dialect.has_table(conn, t.name)]
+    if missing:
+        raise EmptyDataError(f"the database has no {', '.join(missing)} table(s): run `make seed` "
+                             "(python -m features.demo) or point DATABASE_URL at the app database")
+
+
 def data_end(engine: Engine) -> datetime:
     """Midnight after the newest event or order: the end of the observed data."""
     with engine.connect() as conn:
+        require_app_tables(conn)
         newest = [conn.execute(select(func.max(t.c.ts))).scalar() for t in (tables.events, tables.orders)]
     newest = [pd.Timestamp(v).to_pydatetime() for v in newest if v is not None]
     if not newest:

@@ -8,7 +8,9 @@ import socket
 import sys
 from pathlib import Path
 
+from ab.config import ConfigError, load_experiment
 from stack.settings import get_settings
+from train.registry import Registry
 
 CONFIG = Path(__file__).with_name("gunicorn.conf.py")
 
@@ -31,6 +33,11 @@ def main() -> int:
     if not port_is_free(settings.host, settings.port):
         print(f"serve: port {settings.port} on {settings.host} is already in use; stop what runs there "
               f"(`make down`) or choose another with PORT=...", file=sys.stderr)
+        return 2
+    try:
+        load_experiment(settings.ab_config, available=Registry(settings.model_dir).versions())
+    except ConfigError as exc:
+        print(f"serve: A/B config {settings.ab_config} refused: {exc}", file=sys.stderr)
         return 2
     argv = ["gunicorn", "--config", str(CONFIG), "serve.app:create_app()"]
     os.execvp(sys.executable, [sys.executable, "-m", *argv])

@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from ab.exposures import ExposureWriter
 from features.schema import FEATURES, schema_as_dicts
 from monitoring import metrics as prom
 from serve.logs import request_id
@@ -93,21 +94,23 @@ class Observability:
         try:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
-            return await self._too_large(scope, send, t0)
+            status = 413
+            await self._too_large(scope, send)
         finally:
             route = scope.get("route")
             prom.observe_http(getattr(route, "path", "unmatched"), scope["method"], status,
                               time.perf_counter() - t0)
             request_id.reset(token)
 
-    async def _too_large(self, scope, send, t0) -> None:
+    async def _too_large(self, scope, send, t0: float | None = None) -> None:
+        """Answer 413; counted here only when the middleware's own accounting did not run."""
         body = orjson.dumps({"detail": [{"loc": ["body"], "type": "body_too_large",
                                          "msg": f"request body is larger than {self.max_body} bytes"}]})
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-        prom.observe_http(getattr(scope.get("route"), "path", "unmatched"), scope["method"], 413,
-                          time.perf_counter() - t0)
+        if t0 is not None:
+            prom.observe_http("unmatched", scope["method"], 413, time.perf_counter() - t0)
 
 
 class _BodyTooLarge(Exception):
@@ -117,7 +120,8 @@ class _BodyTooLarge(Exception):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app with its model store; gunicorn calls this once per worker."""
     settings = settings or get_settings()
-    store = ModelStore(Registry(settings.model_dir))
+    store = ModelStore(Registry(settings.model_dir), settings.ab_config)
+    exposures = ExposureWriter.from_settings(settings)
     validator = FeatureValidator()
     engine_box: dict[str, Any] = {}
 
@@ -130,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         poller = asyncio.create_task(_poll(store, settings.model_poll_seconds))
         yield
         poller.cancel()
+        await asyncio.to_thread(exposures.close, 5.0)
         if "engine" in engine_box:
             engine_box["engine"].dispose()
 
@@ -156,6 +161,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return model
 
     ModelDep = Annotated[LoadedModel, Depends(serving_model)]
+
+    def routed(user_id: str | None) -> tuple[LoadedModel, str | None]:
+        """The model (and A/B variant) for a request; records the exposure off the request path."""
+        state = store.state
+        model, variant = state.route(user_id)
+        if model is None:
+            raise RequestError(503, [{"loc": [], "type": "not_ready",
+                                      "msg": "no model is loaded yet; see GET /ready"}])
+        if variant is not None:
+            exposures.record(state.experiment.name, user_id, variant, model.version)
+        return model, variant
     features_schema = feature_json_schema()
     example = example_features()
 
@@ -174,17 +190,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         {"rows": [example, example]},
     )
 
-    def respond(model: LoadedModel, score: float, started: float, variant: str | None = None) -> Response:
+    def score_one(features: dict, user_id: str | None) -> Response:
+        model, variant = routed(user_id)
+        started = time.perf_counter()
+        score = model.scorer.one(store.encoder.row(features))
         model.metrics.observe(score, time.perf_counter() - started, variant)
         return json_response({"score": score, "model_version": model.version, "variant": variant})
 
     @app.post("/predict", openapi_extra=predict_spec, summary="Score one row of features")
-    async def predict(request: Request, model: ModelDep) -> Response:
+    async def predict(request: Request) -> Response:
         body = check_keys(parse_json(await request.body()), {"features", "user_id"}, {"features"})
         features = validator.check(body["features"], ("features",))
-        check_user_id(body.get("user_id"))
-        started = time.perf_counter()
-        return respond(model, model.scorer.one(store.encoder.row(features)), started)
+        return score_one(features, check_user_id(body.get("user_id")))
 
     @app.post("/predict/batch", openapi_extra=batch_spec, summary="Score up to MAX_BATCH_ROWS rows")
     async def predict_batch(request: Request, model: ModelDep) -> Response:
@@ -228,15 +245,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                              "features still works"}]) from None
 
     @app.post("/predict/user/{user_id}", summary="Score a user with features computed now from the database")
-    async def predict_user(user_id: str, model: ModelDep) -> Response:
+    async def predict_user(user_id: str, _ready: ModelDep) -> Response:
         check_user_id(user_id, ("path", "user_id"))
         features = await run_in_threadpool(online_features, user_id)
         if features is None:
             raise RequestError(404, [{"loc": ["path", "user_id"], "type": "not_found", "input": user_id,
                                       "msg": f"user {user_id!r} not found"}])
-        started = time.perf_counter()
-        response = respond(model, model.scorer.one(store.encoder.row(features)), started)
-        return response
+        return score_one(features, user_id)
 
     @app.get("/health", summary="Liveness: the process answers")
     async def health() -> Response:
@@ -261,6 +276,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return json_response({
             "current": state.current.version,
             "models": {v: {k: m.meta.get(k) for k in keep} for v, m in state.models.items()},
+            "experiment": None if state.experiment is None else {
+                "name": state.experiment.name,
+                "variants": [{"name": v.name, "weight": v.weight, "model": v.model} for v in state.experiment.variants],
+            },
+            "ab_config_error": store.config_error,
             "feature_schema": schema_as_dicts(),
             "refused": store.failed,
         })

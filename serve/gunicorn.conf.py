@@ -26,6 +26,8 @@ max_requests = 0  # no recycling: a worker holds its model and metrics for its w
 logconfig_dict = LOGCONFIG
 accesslog = None
 proc_name = "boring-ml-serve"
+# gunicorn 27 shares one control socket per user by default; instances must not talk to each other.
+control_socket_disable = True
 
 
 def on_starting(server):

@@ -11,8 +11,11 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ab.assign import assign
+from ab.config import CURRENT, ConfigError, Experiment, load_experiment
 from features.encode import RowEncoder
 from features.schema import schema_fingerprint
 from monitoring import metrics as prom
@@ -46,6 +49,16 @@ class ServingState:
 
     current: LoadedModel | None = None
     models: dict[str, LoadedModel] = field(default_factory=dict)
+    experiment: Experiment | None = None
+
+    def route(self, user_id: str | None) -> tuple[LoadedModel | None, str | None]:
+        """The model for this request and its A/B variant (None outside an experiment)."""
+        if self.experiment is None or user_id is None:
+            return self.current, None
+        variant = assign(self.experiment, user_id)
+        if variant.model == CURRENT:
+            return self.current, variant.name
+        return self.models[variant.model], variant.name
 
 
 def installed_versions() -> dict[str, str]:
@@ -87,39 +100,93 @@ def load_model(registry: Registry, version: str, encoder: RowEncoder) -> LoadedM
     return LoadedModel(version, meta, scorer, model_metrics)
 
 
-class ModelStore:
-    """Follows `current` in the registry and keeps the served models loaded."""
+def _servable(experiment: Experiment | None, models: dict[str, LoadedModel]) -> bool:
+    """True when every model the experiment pins is loaded (or there is no experiment)."""
+    return experiment is None or all(v.model == CURRENT or v.model in models for v in experiment.variants)
 
-    def __init__(self, registry: Registry) -> None:
+
+class ModelStore:
+    """Follows `current` and the A/B config, and keeps every model they name loaded."""
+
+    def __init__(self, registry: Registry, ab_config: Path | None = None) -> None:
         self.registry = registry
+        self.ab_config = ab_config
         self.encoder = RowEncoder()
         self.state = ServingState()
         self.failed: dict[str, str] = {}  # version -> why it was refused (not retried until forced)
+        self.config_error: str | None = None
+        self._config_stamp: tuple[float, int] | None = None
+        self._experiment: Experiment | None = None
         self._lock = threading.Lock()
 
+    def _read_experiment(self, force: bool) -> Experiment | None:
+        """The A/B experiment; on a bad config, the last good one (the error is kept for /model)."""
+        path = self.ab_config
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+            stamp: tuple[float, int] | None = (st.st_mtime, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._config_stamp and not force:
+            return self._experiment
+        try:
+            experiment = load_experiment(path, available=self.registry.versions())
+        except ConfigError as exc:
+            if self.config_error != str(exc):
+                log.error("A/B config %s refused, keeping the last good one: %s", path, exc)
+            self.config_error = str(exc)
+            return self._experiment
+        self._config_stamp, self._experiment, self.config_error = stamp, experiment, None
+        return experiment
+
     def refresh(self, force: bool = False) -> bool:
-        """Load the version `current` names if it changed; True when the served model changed."""
+        """Load what `current` and the A/B config name if it changed; True when anything changed."""
         with self._lock:
-            wanted = self.registry.current()
             state = self.state
-            if wanted is None or (state.current and state.current.version == wanted):
-                return False
-            if wanted in self.failed and not force:
+            wanted = self.registry.current()
+            experiment = self._read_experiment(force)
+            pinned = sorted({v.model for v in experiment.variants if v.model != CURRENT}) if experiment else []
+            names = ([wanted] if wanted else []) + [v for v in pinned if v != wanted]
+            unchanged = (state.current.version if state.current else None) == wanted and \
+                experiment is state.experiment and set(state.models) == set(names)
+            if unchanged and not force:
                 return False
             t0 = time.perf_counter()
-            try:
-                model = state.models.get(wanted) or load_model(self.registry, wanted, self.encoder)
-            except ModelLoadError as exc:
-                self.failed[wanted] = str(exc)
-                prom.MODEL_RELOAD_FAILURES.inc()
-                serving = state.current.version if state.current else "nothing"
-                log.error("model reload refused; still serving %s: %s", serving, exc)
+            models: dict[str, LoadedModel] = {}
+            for name in names:
+                if name in state.models:
+                    models[name] = state.models[name]
+                    continue
+                if name in self.failed and not force:
+                    continue
+                try:
+                    models[name] = load_model(self.registry, name, self.encoder)
+                    self.failed.pop(name, None)
+                except ModelLoadError as exc:
+                    self.failed[name] = str(exc)
+                    prom.MODEL_RELOAD_FAILURES.inc()
+                    log.error("model %s refused; still serving %s: %s", name,
+                              state.current.version if state.current else "nothing", exc)
+            current = models.get(wanted) if wanted else None
+            if current is None and state.current is not None:
+                current = state.current  # a refused `current` leaves the old model serving
+                models.setdefault(current.version, current)
+            if not _servable(experiment, models):
+                log.error("A/B experiment %s names a model that cannot be served; keeping the previous "
+                          "routing", experiment.name)
+                experiment = state.experiment if _servable(state.experiment, models) else None
+            new = ServingState(current=current, models=models, experiment=experiment)
+            if (new.current is state.current and new.experiment is state.experiment
+                    and set(new.models) == set(state.models)):
                 return False
-            self.failed.pop(wanted, None)
-            old = state.current
-            self.state = ServingState(current=model, models={wanted: model})
-            if old is not None and old.version != wanted:
-                old.metrics.retire()
-            log.info("serving model %s (was %s), loaded and self-checked in %.2fs",
-                     wanted, old.version if old else None, time.perf_counter() - t0)
+            self.state = new
+            for version, old in state.models.items():
+                if version not in models:
+                    old.metrics.retire()
+            log.info("serving %s%s (was %s), ready in %.2fs",
+                     current.version if current else "nothing",
+                     f", A/B experiment {experiment.name}" if experiment else "",
+                     state.current.version if state.current else None, time.perf_counter() - t0)
             return True

@@ -54,12 +54,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_weak_secrets_in_production(self) -> Settings:
-        if self.environment == "production" and self.admin_token is not None:
-            if len(self.admin_token) < 24 or self.admin_token.startswith("change-me"):
-                raise ValueError(
-                    "ADMIN_TOKEN is too weak for ENVIRONMENT=production: use 24+ random characters "
-                    "(python -c 'import secrets; print(secrets.token_urlsafe(32))') or leave it unset"
-                )
+        token = self.admin_token
+        weak = token is not None and (len(token) < 24 or token.startswith("change-me"))
+        if self.environment == "production" and weak:
+            raise ValueError(
+                "ADMIN_TOKEN is too weak for ENVIRONMENT=production: use 24+ random characters "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(32))') or leave it unset"
+            )
         return self
 
 

@@ -111,3 +111,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def small_models(tmp_path_factory, small_sqlite_url):
+    """A registry with two trained versions on the small demo; the first is `current`."""
+    from train.pipeline import TrainConfig, run
+    from train.registry import Registry
+
+    root = tmp_path_factory.mktemp("models")
+    registry = Registry(root / "models")
+    engine = make_engine(small_sqlite_url)
+    quiet = lambda _msg: None  # noqa: E731
+    first = run(engine, registry, root / "runs.csv", TrainConfig(as_of_count=4), progress=quiet)
+    second = run(engine, registry, root / "runs.csv",
+                 TrainConfig(as_of_count=4, params={"num_leaves": 7}, deploy=False), progress=quiet)
+    return registry, first.version, second.version
+
+
+def copy_registry(registry, dest: Path):
+    """A private copy of a registry, for tests that change `current` or break files."""
+    from train.registry import Registry
+
+    shutil.copytree(registry.root, dest)
+    return Registry(dest)

@@ -7,6 +7,7 @@ This module is imported by the server, so it imports no training library at modu
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,5 @@ class _LightGBMSingleRow:
         return self._out.value
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self._lib.LGBM_FastConfigFree(self._handle)
-        except Exception:  # interpreter shutdown
-            pass

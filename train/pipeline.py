@@ -275,9 +275,12 @@ def library_versions() -> dict[str, str]:
 
 # -- the run -----------------------------------------------------------------------------------
 
-def run(engine: Engine, registry: Registry, experiments_log: Path, config: TrainConfig,
-        progress: Callable[[str], None] = print) -> RunResult:
-    """Train, evaluate, gate, save, log and (maybe) deploy one model."""
+def run(engine: Engine | None, registry: Registry, experiments_log: Path, config: TrainConfig,
+        progress: Callable[[str], None] = print, frame: pd.DataFrame | None = None) -> RunResult:
+    """Train, evaluate, gate, save, log and (maybe) deploy one model.
+
+    `frame` skips the load step (tests and notebooks that already hold the training frame).
+    """
     if config.model_type not in MODEL_TYPES:
         raise TrainError(f"unknown model type {config.model_type!r}; choose one of {MODEL_TYPES}")
     if config.force and not config.reason:
@@ -293,7 +296,8 @@ def run(engine: Engine, registry: Registry, experiments_log: Path, config: Train
         progress(f"[{name}] done in {timings[name]:.1f}s")
         return out
 
-    frame = step("load", load, engine, config.as_of_count, progress)
+    if frame is None:
+        frame = step("load", load, engine, config.as_of_count, progress)
     progress(f"[load] {len(frame):,} rows, {frame['as_of'].nunique()} as_of dates, "
              f"{frame[LABEL].mean():.1%} positive")
     step("check", check, frame)

@@ -1,0 +1,257 @@
+"""The HTTP API in-process: schema enforcement, paths, A/B routing, model lifecycle."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from features.build import build_training_frame, feature_rows, training_as_of_dates
+from features.db import make_engine
+from features.encode import encode_frame
+from features.schema import FEATURE_NAMES
+from monitoring import metrics as prom
+from serve.app import create_app
+from stack.settings import Settings
+from tests.conftest import copy_registry
+from train.artifact import predict
+
+
+def settings_for(registry, db_url: str, tmp_path, **extra) -> Settings:
+    return Settings(model_dir=registry.root, database_url=db_url, ab_config=tmp_path / "ab.yml",
+                    max_batch_rows=50, max_body_bytes=64 * 1024, model_poll_seconds=3600, **extra)
+
+
+@pytest.fixture
+def client(small_models, small_sqlite_url, tmp_path):
+    registry, _, _ = small_models
+    with TestClient(create_app(settings_for(registry, small_sqlite_url, tmp_path, admin_token="t" * 30))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def holdout(small_sqlite_url):
+    engine = make_engine(small_sqlite_url)
+    return build_training_frame(engine, training_as_of_dates(engine, 1)).head(60)
+
+
+def test_scores_equal_the_models_own_predictions(client, small_models, holdout):
+    registry, v1, _ = small_models
+    artifact, _ = registry.load(v1)
+    expected = predict(artifact, encode_frame(holdout))
+    rows = feature_rows(holdout)
+    single = [client.post("/predict", json={"features": r}).json() for r in rows[:20]]
+    assert all(s["model_version"] == v1 and s["variant"] is None for s in single)
+    np.testing.assert_allclose([s["score"] for s in single], expected[:20], rtol=0, atol=1e-12)
+    batch = client.post("/predict/batch", json={"rows": rows[:50]}).json()
+    np.testing.assert_allclose(batch["scores"], expected[:50], rtol=0, atol=1e-12)
+    assert all(0 <= s <= 1 for s in batch["scores"])
+
+
+def test_nullable_features_may_be_null_or_absent(client, holdout):
+    row = feature_rows(holdout)[0]
+    row["days_since_last_order"] = None
+    assert client.post("/predict", json={"features": row}).status_code == 200
+    del row["days_since_last_event"]
+    assert client.post("/predict", json={"features": row}).status_code == 200
+
+
+def _valid(holdout) -> dict:
+    return feature_rows(holdout)[0]
+
+
+BAD = [
+    ("unknown field", lambda r: {"features": {**r, "colour": "red"}}, 422, "features.colour: unknown feature"),
+    ("wrong type", lambda r: {"features": {**r, "events_7d": "many"}}, 422, "features.events_7d: must be a number"),
+    ("bool is no number", lambda r: {"features": {**r, "events_7d": True}}, 422, "features.events_7d: must be a number"),
+    ("below range", lambda r: {"features": {**r, "orders_30d": -1}}, 422, "features.orders_30d: must be >= 0"),
+    ("above range", lambda r: {"features": {**r, "account_age_days": 1e9}}, 422, "features.account_age_days: must be <= 36500"),
+    ("unknown category", lambda r: {"features": {**r, "device": "fax"}}, 422, "features.device: must be one of"),
+    ("null required", lambda r: {"features": {**r, "country": None}}, 422, "features.country: is required"),
+    ("missing features", lambda r: {"user_id": "u1"}, 422, "features: field required"),
+    ("unknown top-level", lambda r: {"features": r, "extra": 1}, 422, "extra: unknown field"),
+    ("features not object", lambda r: {"features": [1, 2]}, 422, "features: must be an object"),
+    ("body not object", lambda r: [r], 422, "the body must be a JSON object"),
+    ("user_id type", lambda r: {"features": r, "user_id": {"id": 1}}, 422, "user_id: must be a string"),
+]
+
+
+@pytest.mark.parametrize("name, make, status, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_names_the_field(client, holdout, name, make, status, message):
+    response = client.post("/predict", json=make(_valid(holdout)))
+    assert response.status_code == status, response.text
+    assert message in " ".join(d["msg"] for d in response.json()["detail"]), response.text
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_name_the_field(client, holdout, literal):
+    row = _valid(holdout)
+    text = json.dumps({"features": {**row, "events_30d": 0.0}}).replace('"events_30d": 0.0', f'"events_30d": {literal}')
+    response = client.post("/predict", content=text, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "features.events_30d: must be a finite number" in response.text
+
+
+def test_invalid_json_is_400(client):
+    response = client.post("/predict", content=b'{"features": {', headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "not valid JSON" in response.text
+
+
+def test_oversized_body_is_413(client):
+    big = b'{"features": {"pad": "' + b"x" * (70 * 1024) + b'"}}'
+    response = client.post("/predict", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "larger than" in response.text
+
+
+def test_batch_limits(client, holdout):
+    rows = feature_rows(holdout)
+    assert client.post("/predict/batch", json={"rows": rows[:51]}).status_code == 413
+    assert client.post("/predict/batch", json={"rows": []}).status_code == 422
+    bad = [*rows[:3], {**rows[3], "carts_7d": -5}]
+    response = client.post("/predict/batch", json={"rows": bad})
+    assert response.status_code == 422 and "rows.3.carts_7d: must be >= 0" in response.text
+
+
+def test_no_bad_input_gets_a_500(client, holdout):
+    row = _valid(holdout)
+    bodies = [b"", b"null", b"1", b'"x"', b"[]", b"{}", b'{"features": null}', b'{"features": {}}',
+              json.dumps({"features": {**row, "events_7d": 1e308}}).encode(),
+              b'{"features": {"country": "US", "events_7d": 1e999}}', "\u00ff".encode("latin-1")]
+    for path in ("/predict", "/predict/batch"):
+        for body in bodies:
+            response = client.post(path, content=body, headers={"content-type": "application/json"})
+            assert 400 <= response.status_code < 500, (path, body, response.status_code, response.text)
+
+
+def test_health_ready_model_docs(client, small_models):
+    _, v1, _ = small_models
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json()["model_version"] == v1
+    info = client.get("/model").json()
+    assert info["current"] == v1 and [f["name"] for f in info["feature_schema"]] == list(FEATURE_NAMES)
+    assert info["models"][v1]["metrics"]["roc_auc"] > 0.5
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(body["example"]["features"]) == set(FEATURE_NAMES)
+    assert body["schema"]["properties"]["features"]["additionalProperties"] is False
+
+
+def test_predict_by_user(client, small_demo):
+    user = small_demo.users["user_id"].iloc[5]
+    response = client.post(f"/predict/user/{user}")
+    assert response.status_code == 200 and 0 <= response.json()["score"] <= 1
+    missing = client.post("/predict/user/u999999")
+    assert missing.status_code == 404 and "u999999" in missing.text
+
+
+def test_database_down_is_503_while_predict_works(small_models, tmp_path, holdout):
+    registry, _, _ = small_models
+    dead = "postgresql+psycopg://postgres@127.0.0.1:1/nope"
+    with TestClient(create_app(settings_for(registry, dead, tmp_path))) as c:
+        response = c.post("/predict/user/u000001")
+        assert response.status_code == 503 and "database is unavailable" in response.text
+        assert c.post("/predict", json={"features": _valid(holdout)}).status_code == 200
+
+
+def test_admin_reload(client, small_models, small_sqlite_url, tmp_path):
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload", headers={"authorization": "Bearer wrong"}).status_code == 401
+    ok = client.post("/admin/reload", headers={"authorization": "Bearer " + "t" * 30})
+    assert ok.status_code == 200 and ok.json()["model_version"] == small_models[1]
+    registry = small_models[0]
+    with TestClient(create_app(settings_for(registry, small_sqlite_url, tmp_path))) as c:
+        assert c.post("/admin/reload").status_code == 404  # disabled without ADMIN_TOKEN
+
+
+def test_not_ready_without_a_model(tmp_path, small_sqlite_url, holdout):
+    from train.registry import Registry
+
+    with TestClient(create_app(settings_for(Registry(tmp_path / "empty"), small_sqlite_url, tmp_path))) as c:
+        assert c.get("/health").status_code == 200
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and "make train" in ready.text
+        assert c.post("/predict", json={"features": _valid(holdout)}).status_code == 503
+
+
+def test_corrupt_artifact_keeps_the_old_model(small_models, small_sqlite_url, tmp_path, holdout):
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    _, v1, v2 = small_models
+    (registry.path(v2) / "model.joblib").write_bytes(b"\x80\x04garbage")
+    before = prom.MODEL_RELOAD_FAILURES._value.get()
+    app = create_app(settings_for(registry, small_sqlite_url, tmp_path))
+    with TestClient(app) as c:
+        registry.set_current(v2, "promote", "test")
+        assert app.state.store.refresh() is False
+        assert c.get("/ready").status_code == 200
+        assert c.post("/predict", json={"features": _valid(holdout)}).json()["model_version"] == v1
+        assert prom.MODEL_RELOAD_FAILURES._value.get() == before + 1
+        assert v2 in c.get("/model").json()["refused"]
+        app.state.store.refresh()  # not retried, not counted again
+        assert prom.MODEL_RELOAD_FAILURES._value.get() == before + 1
+
+
+def test_library_mismatch_is_refused(small_models, small_sqlite_url, tmp_path, holdout):
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    _, v1, v2 = small_models
+    meta_path = registry.path(v2) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["library_versions"]["lightgbm"] = "3.0.0"
+    meta_path.write_text(json.dumps(meta))
+    app = create_app(settings_for(registry, small_sqlite_url, tmp_path))
+    with TestClient(app) as c:
+        registry.set_current(v2, "promote", "test")
+        app.state.store.refresh()
+        assert "lightgbm trained 3.0.0" in c.get("/model").json()["refused"][v2]
+        assert c.post("/predict", json={"features": _valid(holdout)}).json()["model_version"] == v1
+
+
+def test_ab_routes_users_and_records_exposures(small_models, small_sqlite_url, tmp_path, holdout):
+    registry, v1, v2 = small_models
+    config = tmp_path / "ab.yml"
+    config.write_text(f"""
+experiment:
+  name: leaves
+  salt: leaves-1
+  variants:
+    - {{name: control, weight: 50, model: current}}
+    - {{name: small-trees, weight: 50, model: {v2}}}
+""")
+    row = _valid(holdout)
+    with TestClient(create_app(settings_for(registry, small_sqlite_url, tmp_path))) as c:
+        seen = {}
+        for i in range(200):
+            user = f"u{i:06d}"
+            out = c.post("/predict", json={"features": row, "user_id": user}).json()
+            seen[user] = (out["variant"], out["model_version"])
+            assert out["model_version"] == {"control": v1, "small-trees": v2}[out["variant"]]
+        assert {v for v, _ in seen.values()} == {"control", "small-trees"}
+        again = c.post("/predict", json={"features": row, "user_id": "u000042"}).json()
+        assert (again["variant"], again["model_version"]) == seen["u000042"]  # sticky
+        assert c.post("/predict", json={"features": row}).json()["variant"] is None
+        assert c.get("/model").json()["experiment"]["name"] == "leaves"
+    # the writer flushed on shutdown
+    with make_engine(small_sqlite_url).connect() as conn:
+        rows = conn.execute(sa.text("SELECT unit_id, variant, model_version FROM ab_exposures "
+                                    "WHERE experiment = 'leaves'")).fetchall()
+    assert len(rows) == 201
+    assert all(seen[u] == (v, m) for u, v, m in rows)
+
+
+def test_bad_ab_config_keeps_the_last_good_one(small_models, small_sqlite_url, tmp_path, holdout):
+    registry, _, v2 = small_models
+    config = tmp_path / "ab.yml"
+    good = f"experiment: {{name: e1, salt: s1, variants: [{{name: a, weight: 50, model: current}}, {{name: b, weight: 50, model: {v2}}}]}}"
+    config.write_text(good)
+    app = create_app(settings_for(registry, small_sqlite_url, tmp_path))
+    with TestClient(app) as c:
+        config.write_text(good.replace("weight: 50, model: current", "weight: 70, model: current"))
+        time.sleep(0.01)
+        app.state.store.refresh()
+        info = c.get("/model").json()
+        assert info["experiment"]["name"] == "e1" and [v["weight"] for v in info["experiment"]["variants"]] == [50, 50]
+        assert "100" in info["ab_config_error"]
