@@ -1,0 +1,335 @@
+"""Every Prometheus metric of the stack, defined once.
+
+The server, the A/B exposure writer, the rules in monitoring/rules/ and the Grafana dashboard
+all use the names defined here; tests/monitoring fails when a rule or a panel queries a name
+this module does not export.
+
+Several gunicorn workers (multiprocess mode): PROMETHEUS_MULTIPROC_DIR must be in the
+environment before anything imports prometheus_client, which picks its value storage once, at
+import. Each worker then writes its values to files in that folder and render_latest() merges
+them. The gunicorn master calls setup_multiprocess_dir() at start and child_exit() when a
+worker dies (see monitoring/README.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from prometheus_client.metrics import MetricWrapperBase
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+LATENCY_SLO_SECONDS = 0.025
+"""p99 model inference latency objective; a bucket edge, and the ModelLatencyHigh threshold."""
+
+INFERENCE_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, LATENCY_SLO_SECONDS,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+HTTP_DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05, 0.10, ..., 1.0
+NO_VARIANT = "none"
+"""The `variant` label of predictions made outside an A/B experiment."""
+
+# `_created` series double every counter and histogram and are not exported in multiprocess
+# mode anyway; without them single- and multi-process /metrics look the same.
+prometheus_client.disable_created_metrics()
+
+if os.environ.get(MULTIPROC_ENV):
+    # Unlabelled metrics below open their value file in this folder as soon as they exist.
+    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
+
+# --- HTTP (the server's middleware calls observe_http) -------------------------------------
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests answered, by route template, method and status class (2xx, 4xx, 5xx).",
+    ["route", "method", "status"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time from request received to response sent, by route template, method and status class.",
+    ["route", "method", "status"],
+    buckets=HTTP_DURATION_BUCKETS,
+)
+
+# --- Model (register_model() creates every label combination at load) ----------------------
+
+MODEL_PREDICTIONS = Counter(
+    "model_predictions_total",
+    "Scores returned (one per row of a batch), by model version and A/B variant ('none').",
+    ["model_version", "variant"],
+)
+MODEL_INFERENCE_LATENCY = Histogram(
+    "model_inference_latency_seconds",
+    "Time of one model call (a single row or a whole batch), without HTTP and validation.",
+    ["model_version"],
+    buckets=INFERENCE_LATENCY_BUCKETS,
+)
+MODEL_PREDICTION_SCORE = Histogram(
+    "model_prediction_score",
+    "Scores returned, in fixed buckets of 0.05.",
+    ["model_version"],
+    buckets=SCORE_BUCKETS,
+)
+MODEL_PREDICTION_SCORE_BIN = Counter(
+    "model_prediction_score_bin_total",
+    "Scores returned, counted in the training-time baseline bins of meta.json (bin '0'..'9').",
+    ["model_version", "bin"],
+)
+# The gauges below describe the models a process has loaded: 'livemax' merges the workers
+# without adding them up, and child_exit() drops the values of a worker that has gone.
+MODEL_PREDICTION_BASELINE_BIN_FRACTION = Gauge(
+    "model_prediction_baseline_bin_fraction",
+    "Fraction of training-time validation scores in each bin (meta.json score_baseline).",
+    ["model_version", "bin"],
+    multiprocess_mode="livemax",
+)
+MODEL_INFO = Gauge(
+    "model_info",
+    "1 while a worker serves this model version, 0 once every worker has retired it.",
+    ["model_version", "model_type", "trained_at"],
+    multiprocess_mode="livemax",
+)
+MODEL_TRAINED_TIMESTAMP = Gauge(
+    "model_trained_timestamp_seconds",
+    "Unix time at which the model version was trained (meta.json created_at).",
+    ["model_version"],
+    multiprocess_mode="livemax",
+)
+MODEL_RELOAD_FAILURES = Counter(
+    "model_reload_failures_total",
+    "New model versions that failed to load or self-check; the old model kept serving.",
+)
+
+# --- A/B (ab/exposures.py counts into these) -----------------------------------------------
+
+AB_EXPOSURES_RECORDED = Counter(
+    "ab_exposures_recorded_total",
+    "A/B exposures written to the exposure store.",
+    ["experiment"],
+)
+AB_EXPOSURES_LOST = Counter(
+    "ab_exposures_lost_total",
+    "A/B exposures dropped (queue full, store down); the request was still answered.",
+    ["experiment"],
+)
+
+ALL_METRICS: tuple[MetricWrapperBase, ...] = (
+    HTTP_REQUESTS,
+    HTTP_REQUEST_DURATION,
+    MODEL_PREDICTIONS,
+    MODEL_INFERENCE_LATENCY,
+    MODEL_PREDICTION_SCORE,
+    MODEL_PREDICTION_SCORE_BIN,
+    MODEL_PREDICTION_BASELINE_BIN_FRACTION,
+    MODEL_INFO,
+    MODEL_TRAINED_TIMESTAMP,
+    MODEL_RELOAD_FAILURES,
+    AB_EXPOSURES_RECORDED,
+    AB_EXPOSURES_LOST,
+)
+
+_SAMPLE_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "gauge": ("",),
+}
+
+
+def sample_names() -> frozenset[str]:
+    """Every series name this module exports, as PromQL sees it (`_total`, `_bucket`, ...)."""
+    names: set[str] = set()
+    for metric in ALL_METRICS:
+        for family in metric.describe():
+            names.update(family.name + suffix for suffix in _SAMPLE_SUFFIXES[family.type])
+    return frozenset(names)
+
+
+class ModelMetrics:
+    """The metric children of one model version, bound once so that observe() stays cheap.
+
+    Made by register_model(); marks the version as served (model_info 1) until retire().
+    """
+
+    def __init__(self, version: str, model_type: str, trained_at: str, edges: list[float]) -> None:
+        self.version = version
+        self._info = MODEL_INFO.labels(version, model_type, trained_at)
+        self._latency = MODEL_INFERENCE_LATENCY.labels(version)
+        self._score = MODEL_PREDICTION_SCORE.labels(version)
+        self._inner_edges = edges[1:-1]  # bisect on these gives the bin index directly
+        self._bins = [
+            MODEL_PREDICTION_SCORE_BIN.labels(version, str(i)) for i in range(len(edges) - 1)
+        ]
+        self._by_variant: dict[str, Any] = {}
+        self._predictions(NO_VARIANT)
+        self._info.set(1)
+
+    def _predictions(self, variant: str) -> Any:
+        child = self._by_variant.get(variant)
+        if child is None:
+            child = self._by_variant[variant] = MODEL_PREDICTIONS.labels(self.version, variant)
+        return child
+
+    def observe(
+        self, scores: Iterable[float] | float, latency_s: float, variant: str | None = None
+    ) -> None:
+        """Record one model call: its scores (one, or a batch; a list is fastest) and its latency."""
+        if isinstance(scores, Real):
+            scores = (scores,)
+        score_observe = self._score.observe
+        inner_edges = self._inner_edges
+        counts = [0] * len(self._bins)
+        n = 0
+        for score in scores:
+            score_observe(score)
+            # [e_i, e_i+1), the last bin closed at both ends: what numpy.histogram does
+            counts[bisect_right(inner_edges, score)] += 1
+            n += 1
+        for child, count in zip(self._bins, counts, strict=True):
+            if count:
+                child.inc(count)
+        self._predictions(variant or NO_VARIANT).inc(n)
+        self._latency.observe(latency_s)
+
+    def retire(self) -> None:
+        """Mark this version as no longer served by this process (model_info drops to 0)."""
+        self._info.set(0)
+
+
+def register_model(version: str, meta: Mapping[str, Any]) -> ModelMetrics:
+    """Export a freshly loaded model version and return the object its predictions go through.
+
+    Call it while loading, before the swap: it raises ValueError, naming the field, when
+    meta.json lacks a usable `created_at` or `score_baseline`. Every bin and the "none" variant
+    start at 0, so empty bins read 0 instead of missing.
+    """
+    edges, fractions = _score_baseline(version, meta)
+    trained = _trained_at(version, meta)
+    trained_at = trained.strftime("%Y-%m-%dT%H:%M:%SZ")
+    model = ModelMetrics(version, str(meta.get("model_type", "unknown")), trained_at, edges)
+    for i, fraction in enumerate(fractions):
+        MODEL_PREDICTION_BASELINE_BIN_FRACTION.labels(version, str(i)).set(fraction)
+    MODEL_TRAINED_TIMESTAMP.labels(version).set(trained.timestamp())
+    return model
+
+
+def _score_baseline(version: str, meta: Mapping[str, Any]) -> tuple[list[float], list[float]]:
+    where = f"meta.json of model {version}: score_baseline"
+    try:
+        baseline = meta["score_baseline"]
+        edges = [float(e) for e in baseline["edges"]]
+        fractions = [float(f) for f in baseline["fractions"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{where} must be {{'edges': [numbers], 'fractions': [numbers]}}; "
+            f"got {meta.get('score_baseline')!r} ({type(exc).__name__}: {exc}). Retrain the model."
+        ) from exc
+    if not fractions or len(edges) != len(fractions) + 1:
+        raise ValueError(
+            f"{where} needs one more edge than fractions; got {len(edges)} edges and "
+            f"{len(fractions)} fractions."
+        )
+    if not all(math.isfinite(e) for e in edges) or edges != sorted(edges):
+        raise ValueError(f"{where}.edges must be finite and ascending; got {edges}.")
+    if not all(0.0 <= f <= 1.0 for f in fractions) or abs(sum(fractions) - 1.0) > 0.01:
+        raise ValueError(f"{where}.fractions must be in [0, 1] and sum to 1; got {fractions}.")
+    return edges, fractions
+
+
+def _trained_at(version: str, meta: Mapping[str, Any]) -> datetime:
+    value = meta.get("created_at")
+    try:
+        trained = datetime.fromisoformat(str(value))
+    except ValueError as exc:
+        raise ValueError(
+            f"meta.json of model {version}: created_at must be an ISO-8601 time such as "
+            f"'2024-05-01T12:00:00Z'; got {value!r}."
+        ) from exc
+    # meta.json times are UTC; a time without an offset is read as UTC, not local time
+    return trained.replace(tzinfo=UTC) if trained.tzinfo is None else trained.astimezone(UTC)
+
+
+_http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe_http(route: str, method: str, status_code: int, seconds: float) -> None:
+    """Count one answered request. `route` is the route template ("/predict/user/{user_id}"),
+    never the raw path (one series per user id would flood Prometheus); use "unmatched" for
+    requests no route matched."""
+    key = (route, method, status_code)
+    children = _http_children.get(key)
+    if children is None:
+        labels = (route, method, f"{status_code // 100}xx")
+        children = (HTTP_REQUESTS.labels(*labels), HTTP_REQUEST_DURATION.labels(*labels))
+        _http_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+def is_multiprocess() -> bool:
+    """Whether prometheus_client stores values in PROMETHEUS_MULTIPROC_DIR files (fixed at import)."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def setup_multiprocess_dir(path: str | os.PathLike[str] | None = None) -> Path:
+    """Prepare the multiprocess folder; the gunicorn master calls this once, before any worker.
+
+    Deletes the value files (*.db) left by earlier runs, whose counts would otherwise be added
+    to this run's, and keeps anything else in the folder. `path` defaults to
+    $PROMETHEUS_MULTIPROC_DIR.
+    """
+    raw = path if path is not None else os.environ.get(MULTIPROC_ENV)
+    if not raw:
+        raise ValueError(f"{MULTIPROC_ENV} is not set; set it to a folder such as var/prometheus.")
+    if not is_multiprocess():
+        raise RuntimeError(
+            f"{MULTIPROC_ENV} was not set when prometheus_client was first imported, so each "
+            "gunicorn worker would count alone and /metrics would show one worker's numbers. "
+            f"Set {MULTIPROC_ENV} in the environment, or at the top of the gunicorn config before "
+            "importing monitoring.metrics."
+        )
+    directory = Path(raw)
+    directory.mkdir(parents=True, exist_ok=True)
+    own_files = f"_{os.getpid()}.db"  # this process's metrics already have their files open
+    for stale in directory.glob("*.db"):
+        if not stale.name.endswith(own_files):
+            stale.unlink(missing_ok=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn `child_exit` hook: drop the model gauges of a worker that has exited."""
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The /metrics body and its content type: every worker's values in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST
