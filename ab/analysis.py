@@ -19,7 +19,7 @@ from ab.stats import (
     two_proportion_test,
     wilson_interval,
 )
-from features.tables import orders
+from features.tables import OUTCOME_TIME, OUTCOME_UNIT
 
 CONVERSION_WINDOW = timedelta(
     days=7
@@ -116,12 +116,12 @@ def load_units(
             first.c.variant,
             first.c.first_ts,
             first.c.n_variants,
-            sa.func.min(orders.c.ts).label("first_order_ts"),
+            sa.func.min(OUTCOME_TIME).label("first_order_ts"),
         )
         .select_from(
             first.outerjoin(
-                orders,
-                sa.and_(orders.c.user_id == first.c.unit_id, orders.c.ts >= first.c.first_ts),
+                OUTCOME_TIME.table,
+                sa.and_(OUTCOME_UNIT == first.c.unit_id, OUTCOME_TIME >= first.c.first_ts),
             )
         )
         .group_by(first.c.unit_id, first.c.variant, first.c.first_ts, first.c.n_variants)

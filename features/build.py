@@ -104,7 +104,7 @@ def apply_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
 
 def user_bounds(conn: Connection) -> tuple[str, str]:
     """Smallest and largest user id (so BETWEEN covers everyone under any collation)."""
-    lo, hi = conn.execute(select(func.min(tables.users.c.user_id), func.max(tables.users.c.user_id))).one()
+    lo, hi = conn.execute(select(func.min(tables.ENTITY_ID), func.max(tables.ENTITY_ID))).one()
     if lo is None:
         raise EmptyDataError("the users table is empty: run `make seed` (python -m features.demo) first")
     return lo, hi
@@ -122,7 +122,7 @@ def data_end(engine: Engine) -> datetime:
     """Midnight after the newest event or order: the end of the observed data."""
     with engine.connect() as conn:
         require_app_tables(conn)
-        newest = [conn.execute(select(func.max(t.c.ts))).scalar() for t in (tables.events, tables.orders)]
+        newest = [conn.execute(select(func.max(c))).scalar() for c in tables.EVENT_TIMES]
     newest = [pd.Timestamp(v).to_pydatetime() for v in newest if v is not None]
     if not newest:
         raise EmptyDataError("there are no events or orders: run `make seed` first")
@@ -151,7 +151,7 @@ def build_training_frame(
             raw = _rows_at(conn, as_of, first, last)
             features = transform(raw, as_of)
             params = {**window_params(as_of), "first_user": first, "last_user": last}
-            labels = _query(conn, "label", params).set_index("user_id")["orders_next_7d"]
+            labels = _query(conn, "label", params).set_index("user_id").iloc[:, 0]  # the count, whatever its name
             frame = features.reset_index()
             frame.insert(0, "as_of", np.datetime64(as_of, "us"))
             frame[LABEL] = (

@@ -48,3 +48,7 @@ orders = Table(
 )
 
 APP_TABLES = (users, events, orders)
+# What the rest of the stack needs to know about these tables (change these with the tables):
+ENTITY_ID = users.c.user_id  # the prediction unit; features/sql returns it as user_id
+EVENT_TIMES = (events.c.ts, orders.c.ts)  # the observed data ends at the newest of these
+OUTCOME_UNIT, OUTCOME_TIME = orders.c.user_id, orders.c.ts  # an A/B conversion: a row here
