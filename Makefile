@@ -31,6 +31,8 @@ $(STAMP): requirements.lock pyproject.toml
 	  python3 -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && \
 	  $(PY) -m pip install -q -r requirements.lock && $(PY) -m pip install -q --no-deps -e . ; \
 	fi
+	@# Byte-compile once: with PYTHONDONTWRITEBYTECODE set, every process would recompile its imports.
+	@$(PY) -m compileall -q -j0 $(VENV)/lib >/dev/null 2>&1 || true
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv from the lock (seconds when already done)

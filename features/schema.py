@@ -97,3 +97,12 @@ def incompatibilities(served: tuple[Feature, ...], candidate: tuple[Feature, ...
         if a.nullable and not b.nullable:
             problems.append(f"feature {name!r} no longer accepts null")
     return sorted(problems)
+
+
+def markdown_table(features: tuple[Feature, ...] = FEATURES) -> str:
+    """The schema as the markdown table in features/README.md (a test keeps the two equal)."""
+    lines = ["| feature | kind | allowed | may be missing | meaning |", "|---|---|---|---|---|"]
+    for f in features:
+        allowed = ", ".join(f.values) if f.kind == "categorical" else f"{f.minimum:g} .. {f.maximum:g}"
+        lines.append(f"| `{f.name}` | {f.kind} | {allowed} | {'yes' if f.nullable else 'no'} | {f.description} |")
+    return "\n".join(lines)

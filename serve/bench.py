@@ -1,0 +1,240 @@
+"""`make bench`: how fast is serving, measured in one run on this machine, with ratios.
+
+1. in-process single-row model calls/s: the hot path's choices against the obvious ones
+2. GET /health ceiling (the framework's floor cost)
+3. POST /predict single row at 32 connections: req/s, p50, p99
+4. POST /predict/batch with 1,000-row batches: rows/s
+5. RSS per worker and time to ready
+
+The server and wrk share this machine's cores, as they would on one small box.
+Needs a deployed model (MODEL_DIR) — without one, a small demo model is trained in a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"predict_rps": 3000, "predict_vs_health": 0.5, "p99_ms": 25, "batch_rows_s": 200_000,
+           "rss_mb": 250, "ready_s": 5}
+
+
+def per_second(fn: Callable[[], object], seconds: float = 1.0) -> float:
+    """Calls per second of fn, over about `seconds`."""
+    n, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        for _ in range(100):
+            fn()
+        n += 100
+    return n / elapsed
+
+
+def in_process(registry, version: str) -> dict[str, float]:
+    """Single-row calls/s of each hot-path choice and of the obvious alternative."""
+    import orjson
+    import pandas as pd
+    from pydantic import ConfigDict, create_model
+
+    from features.encode import RowEncoder
+    from features.schema import FEATURES
+    from serve.validation import FeatureValidator
+    from train.artifact import Scorer, predict
+
+    artifact, meta = registry.load(version)
+    row = meta["self_check"][0]["features"]
+    body = json.dumps({"features": row}).encode()
+    encoder, scorer, validator = RowEncoder(), Scorer(artifact), FeatureValidator()
+    encoded = encoder.row(row)
+    X = np.asarray([encoded])
+    fields = {f.name: ((str | None) if f.kind == "categorical" else (float | None), ...) for f in FEATURES}
+    Model = create_model("Features", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
+    frame = pd.DataFrame(X, columns=artifact["feature_names"])
+    out = {
+        "score: LightGBM C single-row fast path": per_second(lambda: scorer.one(encoded)),
+        "score: Booster.predict on numpy": per_second(lambda: predict(artifact, X), 0.5),
+        "score: Booster.predict on a 1-row DataFrame": per_second(
+            lambda: artifact["estimator"].predict(frame, num_threads=1), 0.5),
+        "parse: orjson": per_second(lambda: orjson.loads(body)),
+        "parse: json (stdlib)": per_second(lambda: json.loads(body)),
+        "validate: compiled from the schema": per_second(lambda: validator.check(row, ("features",))),
+        "validate: pydantic model": per_second(lambda: Model.model_validate(row)),
+        "encode: RowEncoder": per_second(lambda: encoder.row(row)),
+        "whole hot path (parse+validate+encode+score)": per_second(
+            lambda: scorer.one(encoder.row(validator.check(orjson.loads(body)["features"], ("features",))))),
+    }
+    return out
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict[str, float]:
+    """Run wrk and parse req/s, p50, p99 and errors."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if script:
+        cmd[1:1] = ["-s", str(script)]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)\b", text)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", text))
+    errors += sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)), "p50_ms": ms("50"),
+            "p99_ms": ms("99"), "errors": errors}
+
+
+def lua_post(path: Path, body: dict) -> Path:
+    path.with_suffix(".json").write_text(json.dumps(body))
+    path.write_text(f"""wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("{path.with_suffix('.json')}", "r"); wrk.body = f:read("*a"); f:close()
+""")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ensure_model(workdir: Path) -> tuple[Path, str]:
+    """MODEL_DIR if it has a model; else a small demo model trained in workdir."""
+    from stack.settings import get_settings
+    from train.registry import Registry
+
+    registry = Registry(get_settings().model_dir)
+    if registry.current():
+        return registry.root, get_settings().database_url
+    url = f"sqlite:///{workdir / 'app.db'}"
+    env = {**os.environ, "DATABASE_URL": url, "MODEL_DIR": str(workdir / "models"),
+           "EXPERIMENTS_LOG": str(workdir / "runs.csv")}
+    print("bench: no deployed model; training a small demo model first ...", flush=True)
+    subprocess.run([sys.executable, "-m", "features.demo", "--scale", "0.2"], env=env, check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "train", "--as-of-count", "4"], env=env, check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+    return workdir / "models", url
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="per HTTP measurement (default 10)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("bench: wrk not found; run `make system-deps` (Debian package wrk)", file=sys.stderr)
+        return 2
+    from train.registry import Registry
+
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    model_dir, db_url = ensure_model(work)
+    registry = Registry(model_dir)
+    version = registry.current()
+    figures: dict[str, object] = {"model_version": version, "cores": os.cpu_count(), "workers": args.workers}
+
+    print(f"\n1. in-process, single row, one thread (model {version})")
+    calls = in_process(registry, version)
+    for name, value in calls.items():
+        print(f"   {name:48s} {value:>12,.0f} /s")
+    figures["in_process"] = calls
+
+    port = free_port()
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": str(args.workers),
+           "MODEL_DIR": str(model_dir), "DATABASE_URL": db_url, "PROMETHEUS_MULTIPROC_DIR": str(work / "prom"),
+           "AB_CONFIG": str(work / "none.yml")}
+    t0 = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "serve"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(base + "/ready", timeout=1).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.perf_counter() - t0 > 120 or server.poll() is not None:
+                print("bench: the server did not become ready", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
+        ready_s = time.perf_counter() - t0
+        meta = registry.meta(version)
+        row = meta["self_check"][0]["features"]
+        rows = [r["features"] for r in meta["self_check"]]
+        single = lua_post(work / "predict.lua", {"features": row})
+        batch = lua_post(work / "batch.lua", {"rows": (rows * (1000 // len(rows) + 1))[:1000]})
+        wrk(base + "/health", 2, args.connections)  # warm-up
+        health = wrk(base + "/health", args.seconds, args.connections)
+        predict = wrk(base + "/predict", args.seconds, args.connections, single)
+        batches = wrk(base + "/predict/batch", args.seconds, 4, batch)
+        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        rss = [rss_mb(int(pid)) for pid in children]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows_s = batches["rps"] * 1000
+    print(f"\n2. GET /health ceiling        {health['rps']:>9,.0f} req/s  p50 {health['p50_ms']:.2f} ms  "
+          f"p99 {health['p99_ms']:.2f} ms  errors {health['errors']}")
+    print(f"3. POST /predict (1 row)      {predict['rps']:>9,.0f} req/s  p50 {predict['p50_ms']:.2f} ms  "
+          f"p99 {predict['p99_ms']:.2f} ms  errors {predict['errors']}  ({args.connections} connections)")
+    print(f"4. POST /predict/batch        {rows_s:>9,.0f} rows/s ({batches['rps']:.0f} batches of 1,000/s, "
+          f"p99 {batches['p99_ms']:.1f} ms)")
+    print(f"5. RSS per worker             {', '.join(f'{r:.0f} MB' for r in rss)};  ready in {ready_s:.1f} s")
+    ratios = {
+        "predict / health": predict["rps"] / health["rps"],
+        "in-process whole hot path / HTTP predict per worker": calls["whole hot path (parse+validate+encode+score)"]
+        / (predict["rps"] / args.workers),
+        "fast path / Booster.predict": calls["score: LightGBM C single-row fast path"]
+        / calls["score: Booster.predict on numpy"],
+        "batch rows/s / single req/s": rows_s / predict["rps"],
+    }
+    print("\nratios")
+    for name, value in ratios.items():
+        print(f"   {name:52s} {value:8.2f}")
+    checks = {
+        f"/predict >= {TARGETS['predict_rps']} req/s": predict["rps"] >= TARGETS["predict_rps"],
+        f"/predict >= {TARGETS['predict_vs_health']:.0%} of /health": ratios["predict / health"] >= TARGETS["predict_vs_health"],
+        f"p99 <= {TARGETS['p99_ms']} ms": predict["p99_ms"] <= TARGETS["p99_ms"],
+        "zero errors": predict["errors"] == 0 and health["errors"] == 0 and batches["errors"] == 0,
+        f"batch >= {TARGETS['batch_rows_s']:,} rows/s": rows_s >= TARGETS["batch_rows_s"],
+        f"RSS < {TARGETS['rss_mb']} MB per worker": all(r < TARGETS["rss_mb"] for r in rss),
+        f"ready within {TARGETS['ready_s']} s": ready_s <= TARGETS["ready_s"],
+    }
+    print("\ntargets (serve/README.md)")
+    for name, ok in checks.items():
+        print(f"   {'PASS' if ok else 'MISS'}  {name}")
+    figures.update(health=health, predict=predict, batch={**batches, "rows_s": rows_s}, rss_mb=rss,
+                   ready_s=ready_s, ratios=ratios, targets=checks)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The real server: gunicorn + uvicorn workers, hot swap under load, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, copy_registry, free_port
+
+
+class Server:
+    """`python -m serve` in its own process group, on a free loopback port."""
+
+    def __init__(self, tmp: Path, registry, db_url: str, workers: int = 2) -> None:
+        self.port = free_port()
+        self.log = tmp / "serve.log"
+        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": str(workers),
+               "MODEL_DIR": str(registry.root), "DATABASE_URL": db_url, "MODEL_POLL_SECONDS": "0.5",
+               "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"), "AB_CONFIG": str(tmp / "no-experiment.yml")}
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "serve"], cwd=ROOT, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if self.get("/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("server not ready in 60s:\n" + self.log.read_text())
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers={"content-type": "application/json"})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+        finally:
+            conn.close()
+
+    def get(self, path: str) -> tuple[int, dict]:
+        return self.request("GET", path)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture
+def server_and_registry(tmp_path, small_models, small_sqlite_url):
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    server = Server(tmp_path, registry, small_sqlite_url)
+    yield server, registry
+    server.stop()
+
+
+def _features(registry, version):
+    return registry.meta(version)["self_check"][0]["features"]
+
+
+def test_hot_swap_under_load_fails_no_request(server_and_registry, small_models):
+    server, registry = server_and_registry
+    _, v1, v2 = small_models
+    body = json.dumps({"features": _features(registry, v1)})
+    results: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def hammer():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        while not stop.is_set():
+            try:
+                conn.request("POST", "/predict", body=body, headers={"content-type": "application/json"})
+                response = conn.getresponse()
+                data = response.read()
+                version = json.loads(data)["model_version"] if response.status == 200 else data.decode()
+                results.append((time.monotonic(), response.status, version))
+            except (OSError, http.client.HTTPException) as exc:
+                results.append((time.monotonic(), 0, repr(exc)))
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.close()
+
+    threads = [threading.Thread(target=hammer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    swapped_at = time.monotonic()
+    registry.set_current(v2, "promote", "swap test")
+    time.sleep(3.0)  # 6 poll periods
+    stop.set()
+    for t in threads:
+        t.join()
+    failures = [r for r in results if r[1] != 200]
+    assert not failures, failures[:5]
+    assert len(results) > 200
+    before = {v for t, _, v in results if t < swapped_at}
+    late = {v for t, _, v in results if t > swapped_at + 2.0}
+    assert before == {v1} and late == {v2}
+    # every worker serves v2: many fresh connections land on both workers
+    assert {server.request("POST", "/predict", {"features": _features(registry, v1)})[1]["model_version"]
+            for _ in range(60)} == {v2}
+
+
+def test_sigterm_finishes_in_flight_requests(server_and_registry, small_models):
+    server, registry = server_and_registry
+    body = json.dumps({"features": _features(registry, small_models[1])}).encode()
+    socks = []
+    for _ in range(4):  # requests in flight: headers and half the body sent
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+        socks.append(s)
+    time.sleep(0.5)
+    os.killpg(server.proc.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    for s in socks:
+        s.sendall(body[len(body) // 2:])
+    for s in socks:
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        s.close()
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+        assert b'"score"' in reply
+    assert server.proc.wait(30) == 0
+    assert "Shutting down" in server.log.read_text() or "Handling signal: term" in server.log.read_text()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2)
+
+
+def test_metrics_add_up_across_workers(server_and_registry, small_models):
+    server, registry = server_and_registry
+    features = _features(registry, small_models[1])
+    for _ in range(40):
+        assert server.request("POST", "/predict", {"features": features})[0] == 200
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("model_predictions_total{"))
+    assert total == 40
+    baseline = [line for line in text.splitlines() if line.startswith("model_prediction_baseline_bin_fraction{")]
+    assert len(baseline) == 10 and sum(float(b.rsplit(" ", 1)[1]) for b in baseline) == pytest.approx(1)
