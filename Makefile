@@ -14,6 +14,8 @@ export PORT HOST
 USERS      ?= 64
 SPAWN_RATE ?= 32
 DURATION   ?= 30s
+SHAPE      ?= constant
+MIX        ?= realistic
 
 .PHONY: help install up down seed train serve test lint loadtest bench experiments ab-report ab-demo \
         audit rollback clean system-deps
@@ -40,12 +42,16 @@ install: $(STAMP) ## create .venv from the lock (seconds when already done)
 system-deps: ## tools the tests use: promtool, nginx, wrk (Debian packages)
 	@bash deploy/system_deps.sh
 
-up: install ## start the stack: docker compose, or local processes without a Docker engine
-	@if docker info >/dev/null 2>&1; then docker compose up -d --build && docker compose ps; \
-	else $(PY) -m stack.local up --scale $(SCALE); fi
+up: install ## start the stack: docker compose, or local processes without a Docker engine (SCALE=2)
+	@if docker info >/dev/null 2>&1; then \
+	  export GIT_COMMIT=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown); \
+	  if [ "$(SCALE)" -gt 1 ]; then SCALE=$(SCALE) docker compose --profile scale up -d --build --wait; \
+	  else docker compose up -d --build --wait; fi && docker compose ps; \
+	else echo "up: no Docker engine answers; running the stack as local processes (SQLite)"; \
+	  $(PY) -m stack.local up --scale $(SCALE); fi
 
 down: ## stop what `make up` started
-	@if docker info >/dev/null 2>&1; then docker compose down; \
+	@if docker info >/dev/null 2>&1; then docker compose --profile scale down; \
 	else $(PY) -m stack.local down; fi
 
 seed: install ## load the demo data into DATABASE_URL (default var/app.db)
@@ -74,7 +80,7 @@ audit: install ## is it time to add complexity? each trigger, measured
 
 loadtest: install ## Locust against HOST (make loadtest HOST=http://127.0.0.1:8000 USERS=64 DURATION=30s)
 	$(PY) -m loadtest --host $(if $(filter http%,$(HOST)),$(HOST),http://$(HOST):$(PORT)) \
-	  --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) $(ARGS)
+	  --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) --shape $(SHAPE) --mix $(MIX) $(ARGS)
 
 bench: install system-deps ## serving benchmark: model calls, /health, /predict, batch, RSS
 	$(PY) -m serve.bench $(ARGS)

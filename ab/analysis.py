@@ -121,7 +121,7 @@ def load_units(
         .select_from(
             first.outerjoin(
                 OUTCOME_TIME.table,
-                sa.and_(OUTCOME_UNIT == first.c.unit_id, OUTCOME_TIME >= first.c.first_ts),
+                sa.and_(first.c.unit_id == OUTCOME_UNIT, first.c.first_ts <= OUTCOME_TIME),
             )
         )
         .group_by(first.c.unit_id, first.c.variant, first.c.first_ts, first.c.n_variants)

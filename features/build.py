@@ -73,8 +73,12 @@ def _rows_at(conn: Connection, as_of: datetime, first_user: str, last_user: str)
     return frame
 
 
-def transform(raw: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
-    """SQL results -> model features with schema dtypes: the pandas half of every definition."""
+def transform(raw: pd.DataFrame, as_of: datetime, typed: bool = True) -> pd.DataFrame:
+    """SQL results -> model features: the pandas half of every definition.
+
+    `typed=False` skips the schema dtypes (categories): the online path, which hands plain
+    values to the server's encoder, saves most of its pandas time that way.
+    """
     as_of64 = np.datetime64(as_of, "us")
     out = pd.DataFrame(index=pd.Index(raw["user_id"].astype(str).to_numpy(), name="user_id"))
     out["country"] = raw["country"].to_numpy()
@@ -87,7 +91,8 @@ def transform(raw: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
     out["amount_90d"] = pd.to_numeric(raw["amount_90d"]).fillna(0).astype("float64").round(2).to_numpy()
     out["days_since_last_event"] = (as_of64 - _to_datetime(raw["last_event_at"]).to_numpy()) / _DAY
     out["days_since_last_order"] = (as_of64 - _to_datetime(raw["last_order_at"]).to_numpy()) / _DAY
-    return apply_dtypes(out[list(FEATURE_NAMES)])
+    out = out[list(FEATURE_NAMES)]
+    return apply_dtypes(out) if typed else out
 
 
 def apply_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
@@ -175,7 +180,7 @@ def build_online(conn: Connection, user_id: str, as_of: datetime) -> dict | None
     raw = _rows_at(conn, as_of, user_id, user_id)
     if raw.empty:
         return None
-    row = transform(raw, as_of).iloc[0]
+    row = transform(raw, as_of, typed=False).iloc[0]
     return {name: _plain(row[name]) for name in FEATURE_NAMES}
 
 
