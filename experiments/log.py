@@ -14,6 +14,10 @@ COLUMNS = (
     "rows_holdout", "model_type", "params", "roc_auc", "pr_auc", "log_loss", "brier",
     "champion_roc_auc", "duration_s", "version", "promoted", "decision", "notes",
 )
+# The holdout metrics in COLUMNS (train/evaluate.py's METRICS; a test holds the two equal).
+METRIC_COLUMNS = ("roc_auc", "pr_auc", "log_loss", "brier")
+# Columns where a smaller number is the better run; every other number is better when larger.
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "duration_s"})
 
 
 def append_run(path: Path | str, row: dict[str, Any]) -> None:

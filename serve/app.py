@@ -7,6 +7,7 @@ in the thread pool, so a slow database never blocks /predict.
 
 
 import asyncio
+import gc
 import logging
 import time
 import uuid
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import numpy as np
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -26,6 +28,7 @@ from monitoring import metrics as prom
 from serve.logs import request_id
 from serve.models import LoadedModel, ModelStore
 from serve.validation import (
+    CheckedEncoder,
     FeatureValidator,
     RequestError,
     check_keys,
@@ -123,11 +126,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = ModelStore(Registry(settings.model_dir), settings.ab_config)
     exposures = ExposureWriter.from_settings(settings)
     validator = FeatureValidator()
+    checked = CheckedEncoder()
     engine_box: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(store.refresh)
+        # Everything loaded so far lives as long as the worker: keep it out of GC passes, and make
+        # young-generation passes rarer (fewer pauses in the latency tail). Measured in make bench.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         if store.state.current is None:
             log.warning("no model is being served yet: %s; /ready answers 503 until one loads",
                         "run `make train`" if store.registry.current() is None else "the current model was refused")
@@ -190,18 +199,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         {"rows": [example, example]},
     )
 
-    def score_one(features: dict, user_id: str | None) -> Response:
+    def score_one(row: list[float], user_id: str | None) -> Response:
         model, variant = routed(user_id)
         started = time.perf_counter()
-        score = model.scorer.one(store.encoder.row(features))
+        score = model.scorer.one(row)
         model.metrics.observe(score, time.perf_counter() - started, variant)
         return json_response({"score": score, "model_version": model.version, "variant": variant})
 
     @app.post("/predict", openapi_extra=predict_spec, summary="Score one row of features")
     async def predict(request: Request) -> Response:
         body = check_keys(parse_json(await request.body()), {"features", "user_id"}, {"features"})
-        features = validator.check(body["features"], ("features",))
-        return score_one(features, check_user_id(body.get("user_id")))
+        row = checked.row(body["features"])
+        if row is None:
+            validator.check(body["features"], ("features",))  # raises, naming every problem
+        return score_one(row, check_user_id(body.get("user_id")))
 
     @app.post("/predict/batch", openapi_extra=batch_spec, summary="Score up to MAX_BATCH_ROWS rows")
     async def predict_batch(request: Request, model: ModelDep) -> Response:
@@ -213,12 +224,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if len(rows) > settings.max_batch_rows:
             raise RequestError(413, [{"loc": ["body", "rows"], "type": "too_long", "input": len(rows),
                                       "msg": f"rows: {len(rows)} rows is more than MAX_BATCH_ROWS={settings.max_batch_rows}"}])
-        errors = [e for i, r in enumerate(rows) for e in validator.errors(r, ("rows", i))]
-        if errors:
+        encoded = [checked.row(r) for r in rows]
+        if None in encoded:
+            errors = [e for i, r in enumerate(rows) if encoded[i] is None for e in validator.errors(r, ("rows", i))]
             raise RequestError(422, errors[:50])
         started = time.perf_counter()
-        scores = model.scorer.many(store.encoder.matrix(rows)).tolist()
-        model.metrics.observe(scores, time.perf_counter() - started)
+        scores = model.scorer.many(np.array(encoded, dtype=np.float64))
+        model.metrics.observe_many(scores, time.perf_counter() - started)
+        scores = scores.tolist()
         return json_response({"scores": scores, "model_version": model.version})
 
     def engine():
@@ -251,7 +264,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if features is None:
             raise RequestError(404, [{"loc": ["path", "user_id"], "type": "not_found", "input": user_id,
                                       "msg": f"user {user_id!r} not found"}])
-        return score_one(features, user_id)
+        return score_one(store.encoder.row(features), user_id)
 
     @app.get("/health", summary="Liveness: the process answers")
     async def health() -> Response:

@@ -303,3 +303,31 @@ def test_setup_multiprocess_dir_refuses_a_late_environment_variable(tmp_path: Pa
         timeout=60,
     )
     assert "was not set when prometheus_client was first imported" in process.stdout, process.stderr
+
+
+def test_observe_many_counts_like_observe_one_at_a_time():
+    """The bulk path writes the same histogram, bins and counters as per-row observe()."""
+    import numpy as np
+    from prometheus_client import CollectorRegistry  # noqa: F401  (default registry is fine here)
+
+    from monitoring import metrics
+
+    meta = {"created_at": "2026-11-28T00:00:00Z", "model_type": "lightgbm",
+            "score_baseline": {"edges": [0.0, 0.1, 0.25, 0.5, 1.0], "fractions": [0.25] * 4}}
+    scores = np.array([0.0, 0.05, 0.1, 0.1000001, 0.25, 0.3, 0.5, 0.75, 0.95, 1.0, 0.05])
+    bulk = metrics.register_model("bulk-v", meta)
+    single = metrics.register_model("single-v", meta)
+    bulk.observe_many(scores, 0.001)
+    single.observe(scores.tolist(), 0.001)
+
+    def samples(version):
+        out = {}
+        for family in (metrics.MODEL_PREDICTION_SCORE, metrics.MODEL_PREDICTION_SCORE_BIN, metrics.MODEL_PREDICTIONS):
+            for metric in family.collect():
+                for s in metric.samples:
+                    if s.labels.get("model_version") == version and not s.name.endswith("_created"):
+                        out[(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "model_version")))] = s.value
+        return out
+
+    assert samples("bulk-v") == samples("single-v")
+    assert samples("bulk-v")  # something was compared
