@@ -73,11 +73,11 @@ def _rows_at(conn: Connection, as_of: datetime, first_user: str, last_user: str)
     return frame
 
 
-def transform(raw: pd.DataFrame, as_of: datetime, typed: bool = True) -> pd.DataFrame:
-    """SQL results -> model features: the pandas half of every definition.
+def transform(raw: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
+    """SQL results -> model features in schema order: the pandas half of every definition.
 
-    `typed=False` skips the schema dtypes (categories): the online path, which hands plain
-    values to the server's encoder, saves most of its pandas time that way.
+    Values only; `apply_dtypes` adds the schema's dtypes for the training frame (the online
+    path hands plain values to the server's encoder and skips that cost).
     """
     as_of64 = np.datetime64(as_of, "us")
     out = pd.DataFrame(index=pd.Index(raw["user_id"].astype(str).to_numpy(), name="user_id"))
@@ -91,8 +91,7 @@ def transform(raw: pd.DataFrame, as_of: datetime, typed: bool = True) -> pd.Data
     out["amount_90d"] = pd.to_numeric(raw["amount_90d"]).fillna(0).astype("float64").round(2).to_numpy()
     out["days_since_last_event"] = (as_of64 - _to_datetime(raw["last_event_at"]).to_numpy()) / _DAY
     out["days_since_last_order"] = (as_of64 - _to_datetime(raw["last_order_at"]).to_numpy()) / _DAY
-    out = out[list(FEATURE_NAMES)]
-    return apply_dtypes(out) if typed else out
+    return out[list(FEATURE_NAMES)]
 
 
 def apply_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
@@ -154,7 +153,7 @@ def build_training_frame(
         for as_of in sorted(as_of_dates):
             t0 = time.perf_counter()
             raw = _rows_at(conn, as_of, first, last)
-            features = transform(raw, as_of)
+            features = apply_dtypes(transform(raw, as_of))
             params = {**window_params(as_of), "first_user": first, "last_user": last}
             labels = _query(conn, "label", params).set_index("user_id").iloc[:, 0]  # the count, whatever its name
             frame = features.reset_index()
@@ -180,7 +179,7 @@ def build_online(conn: Connection, user_id: str, as_of: datetime) -> dict | None
     raw = _rows_at(conn, as_of, user_id, user_id)
     if raw.empty:
         return None
-    row = transform(raw, as_of, typed=False).iloc[0]
+    row = transform(raw, as_of).iloc[0]
     return {name: _plain(row[name]) for name in FEATURE_NAMES}
 
 

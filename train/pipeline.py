@@ -1,7 +1,7 @@
 """The training pipeline as named steps; `run()` chains them and prints progress.
 
 Each step is a plain function so a test can call it alone:
-load -> check -> split -> fit -> evaluate -> gate -> save -> log -> deploy.
+load -> check -> split -> fit -> evaluate -> gate -> save -> deploy -> log.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class TrainConfig:
     deploy: bool = True
     force: bool = False
     reason: str = ""
-    shuffle_labels: bool = False  # sanity check: a model must not learn from noise
+    shuffle_labels: bool = False  # permutation test: labels shuffled before the split
 
 
 @dataclass
@@ -147,8 +147,28 @@ def split(frame: pd.DataFrame, holdout_dates: int) -> tuple[pd.DataFrame, pd.Dat
     return train, holdout
 
 
+def check_params(model_type: str, params: dict[str, Any]) -> None:
+    """Refuse parameters the model does not know (a typo would otherwise be ignored, yet logged)."""
+    if model_type == "lightgbm":
+        from lightgbm.basic import _ConfigAliases
+
+        aliases = _ConfigAliases._get_all_param_aliases()
+        known = set(aliases) | {a for names in aliases.values() for a in names}
+    elif model_type == "logreg":
+        from sklearn.linear_model import LogisticRegression
+
+        known = set(LogisticRegression().get_params())
+    else:
+        raise TrainError(f"unknown model type {model_type!r}; choose one of {MODEL_TYPES}")
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise TrainError(f"unknown {model_type} parameter(s) {unknown}; see the {model_type} documentation "
+                         "for the names it takes")
+
+
 def fit(train: pd.DataFrame, model_type: str, params: dict[str, Any]) -> dict[str, Any]:
     """Fit a model on the encoded frame; returns the artifact dict."""
+    check_params(model_type, params)
     X, y = encode_frame(train), train[LABEL].to_numpy()
     names = [f.name for f in FEATURES]
     if model_type == "lightgbm":
@@ -285,6 +305,7 @@ def run(engine: Engine | None, registry: Registry, experiments_log: Path, config
         raise TrainError(f"unknown model type {config.model_type!r}; choose one of {MODEL_TYPES}")
     if config.force and not config.reason:
         raise TrainError("--force needs --reason '...': the reason goes to history.csv")
+    check_params(config.model_type, {**DEFAULT_PARAMS[config.model_type], **config.params})
     started = datetime.now(UTC)
     timings: dict[str, float] = {}
     t_run = time.perf_counter()
@@ -301,9 +322,9 @@ def run(engine: Engine | None, registry: Registry, experiments_log: Path, config
     progress(f"[load] {len(frame):,} rows, {frame['as_of'].nunique()} as_of dates, "
              f"{frame[LABEL].mean():.1%} positive")
     step("check", check, frame)
+    if config.shuffle_labels:  # a permutation test: with no signal left, holdout ROC AUC must be ~0.5
+        frame = frame.assign(**{LABEL: np.random.default_rng(0).permutation(frame[LABEL].to_numpy())})
     train, holdout = step("split", split, frame, config.holdout_dates)
-    if config.shuffle_labels:
-        train = train.assign(**{LABEL: np.random.default_rng(0).permutation(train[LABEL].to_numpy())})
     progress(f"[split] train {len(train):,} rows, holdout {len(holdout):,} rows "
              f"(as_of >= {pd.Timestamp(holdout['as_of'].min()):%Y-%m-%d})")
     params = {**DEFAULT_PARAMS[config.model_type], **config.params}
@@ -313,7 +334,9 @@ def run(engine: Engine | None, registry: Registry, experiments_log: Path, config
     decision = step("gate", gate, registry, artifact, challenger_metrics, holdout, config.tolerance)
     if config.force and not decision.promote:
         decision = Decision(True, f"forced ({config.reason}); gate said: {decision.reason}", decision.champion_metrics)
-    if not config.deploy:
+    if config.shuffle_labels:  # the champion was scored on shuffled labels too: the gate means nothing
+        decision = Decision(False, "permutation test (--shuffle-labels) is never deployed", decision.champion_metrics)
+    elif not config.deploy:
         decision = Decision(False, f"--no-deploy; gate said: {decision.reason}", decision.champion_metrics)
     progress(f"[gate] {'PROMOTE' if decision.promote else 'keep champion'}: {decision.reason}")
 

@@ -131,7 +131,7 @@ BUILD = {
     "FEATURE_SQL": 'FEATURE_SQL = ("profile", "activity", "billing")',
     "transform": '''\
 def transform(raw: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
-    """SQL results -> model features with schema dtypes."""
+    """SQL results -> model features in schema order."""
     as_of64 = np.datetime64(as_of, "us")
     out = pd.DataFrame(index=pd.Index(raw["user_id"].astype(str).to_numpy(), name="user_id"))
     out["plan"] = raw["plan"].to_numpy()
@@ -139,7 +139,7 @@ def transform(raw: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
     for column in ("logins_7d", "logins_30d"):
         out[column] = pd.to_numeric(raw[column]).fillna(0).to_numpy(dtype="float64")
     out["days_since_last_payment"] = (as_of64 - _to_datetime(raw["last_payment_at"]).to_numpy()) / _DAY
-    return apply_dtypes(out[list(FEATURE_NAMES)])''',
+    return out[list(FEATURE_NAMES)]''',
 }
 
 DEMO = '''\

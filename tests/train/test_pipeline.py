@@ -54,14 +54,15 @@ def test_default_model_beats_the_bar(first_run):
 
 
 def test_shuffled_labels_learn_nothing(recent_frame):
-    train, holdout = pipeline.split(recent_frame, 1)
+    """Permutation test: the same pipeline on labels shuffled before the split scores ~0.5."""
     aucs = []
     for seed in range(3):
-        noisy = train.assign(**{LABEL: np.random.default_rng(seed).permutation(train[LABEL].to_numpy())})
-        params = {**pipeline.DEFAULT_PARAMS["lightgbm"], "num_boost_round": 100}
-        artifact = pipeline.fit(noisy, "lightgbm", params)
+        noisy = recent_frame.assign(**{LABEL: np.random.default_rng(seed).permutation(recent_frame[LABEL].to_numpy())})
+        train, holdout = pipeline.split(noisy, 1)
+        artifact = pipeline.fit(train, "lightgbm", pipeline.DEFAULT_PARAMS["lightgbm"])
         aucs.append(pipeline.evaluate(artifact, holdout)[0]["roc_auc"])
-    assert abs(np.mean(aucs) - 0.5) < 0.08, aucs
+    # ~19k holdout rows at ~9% positive: the AUC's standard error is about 0.007
+    assert all(abs(a - 0.5) < 0.03 for a in aucs), aucs
 
 
 def test_version_folder_has_the_artifact_of_the_design(first_run):
@@ -226,3 +227,15 @@ def test_scores_match_the_model_on_the_training_path(first_run, split_frames):
     _, holdout = split_frames
     direct = predict(artifact, encode_frame(holdout))
     assert roc_auc_score(holdout[LABEL], direct) == pytest.approx(meta["metrics"]["roc_auc"], abs=1e-12)
+
+
+@pytest.mark.parametrize("model_type, params, bad", [
+    ("lightgbm", {"num_leave": 63}, "num_leave"),
+    ("logreg", {"num_leaves": 63}, "num_leaves"),
+])
+def test_unknown_parameters_are_refused_before_any_work(tmp_path, model_type, params, bad):
+    registry = Registry(tmp_path / "models")
+    with pytest.raises(TrainError, match=f"unknown {model_type} parameter\\(s\\) \\['{bad}'\\]"):
+        pipeline.run(None, registry, tmp_path / "runs.csv", TrainConfig(model_type=model_type, params=params),
+                     frame=pd.DataFrame())
+    assert not (tmp_path / "runs.csv").exists() and registry.versions() == []
