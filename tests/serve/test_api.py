@@ -255,3 +255,21 @@ def test_bad_ab_config_keeps_the_last_good_one(small_models, small_sqlite_url, t
         info = c.get("/model").json()
         assert info["experiment"]["name"] == "e1" and [v["weight"] for v in info["experiment"]["variants"]] == [50, 50]
         assert "100" in info["ab_config_error"]
+
+
+def test_exposures_lost_when_the_database_is_down_never_fail_a_prediction(small_models, tmp_path, holdout):
+    registry, _, v2 = small_models
+    (tmp_path / "ab.yml").write_text(
+        f"experiment: {{name: dbdown, salt: s, variants: [{{name: a, weight: 50, model: current}}, "
+        f"{{name: b, weight: 50, model: {v2}}}]}}")
+    dead = "postgresql+psycopg://postgres@127.0.0.1:1/nope"
+    lost = prom.AB_EXPOSURES_LOST.labels("dbdown")
+    before = lost._value.get()
+    row = _valid(holdout)
+    with TestClient(create_app(settings_for(registry, dead, tmp_path))) as c:
+        t0 = time.perf_counter()
+        answers = [c.post("/predict", json={"features": row, "user_id": f"u{i:06d}"}) for i in range(100)]
+        elapsed = time.perf_counter() - t0
+        assert all(a.status_code == 200 and a.json()["variant"] in {"a", "b"} for a in answers)
+    assert elapsed < 10  # no request waited on the dead database (each would take seconds)
+    assert lost._value.get() - before == 100
