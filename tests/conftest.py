@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -54,12 +55,12 @@ def postgres_server() -> Iterator[str]:
     pytest.skip("no PostgreSQL: set TEST_DATABASE_URL, run one on 127.0.0.1:5432, or start Docker")
 
 
-@pytest.fixture(scope="session")
-def postgres_url(postgres_server: str) -> Iterator[str]:
-    """A throwaway database on the test server, dropped after the session."""
-    admin_url = sa.make_url(postgres_server)
+@contextmanager
+def throwaway_database(server_url: str, prefix: str) -> Iterator[str]:
+    """Create a uniquely named database on the server, yield its URL, drop it afterwards."""
+    admin_url = sa.make_url(server_url)
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"bms_test_{secrets.token_hex(5)}"
+    name = f"{prefix}_{secrets.token_hex(5)}"
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
@@ -68,6 +69,13 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A throwaway database on the test server, dropped after the session."""
+    with throwaway_database(postgres_server, "bms_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

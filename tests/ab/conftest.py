@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
 
-DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from tests.conftest import throwaway_database
 
 app_metadata = sa.MetaData()
 sa.Table(
@@ -40,28 +38,10 @@ sa.Table(
 
 
 @pytest.fixture(scope="session")
-def ab_postgres_url() -> Iterator[str]:
-    """A fresh database on TEST_DATABASE_URL's server (default 127.0.0.1:5432), dropped afterwards."""
-    admin_url = sa.make_url(os.environ.get("TEST_DATABASE_URL") or DEFAULT_PG_URL)
-    if admin_url.drivername == "postgresql":
-        admin_url = admin_url.set(drivername="postgresql+psycopg")
-    admin = sa.create_engine(
-        admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
-    name = f"ab_test_{secrets.token_hex(6)}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        reason = str(exc.orig).strip().splitlines()[0]
-        pytest.skip(f"no PostgreSQL server at {admin_url.render_as_string()}: {reason}")
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def ab_postgres_url(postgres_server: str) -> Iterator[str]:
+    """A database of the A/B tests' own (they create and drop their tables), dropped afterwards."""
+    with throwaway_database(postgres_server, "ab_test") as url:
+        yield url
 
 
 @pytest.fixture
