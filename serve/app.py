@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import numpy as np
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -224,12 +223,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if len(rows) > settings.max_batch_rows:
             raise RequestError(413, [{"loc": ["body", "rows"], "type": "too_long", "input": len(rows),
                                       "msg": f"rows: {len(rows)} rows is more than MAX_BATCH_ROWS={settings.max_batch_rows}"}])
-        encoded = [checked.row(r) for r in rows]
-        if None in encoded:
-            errors = [e for i, r in enumerate(rows) if encoded[i] is None for e in validator.errors(r, ("rows", i))]
+        X = checked.matrix(rows)
+        if X is None:
+            errors = [e for i, r in enumerate(rows) for e in validator.errors(r, ("rows", i))]
             raise RequestError(422, errors[:50])
         started = time.perf_counter()
-        scores = model.scorer.many(np.array(encoded, dtype=np.float64))
+        scores = model.scorer.many(X)
         model.metrics.observe_many(scores, time.perf_counter() - started)
         scores = scores.tolist()
         return json_response({"scores": scores, "model_version": model.version})

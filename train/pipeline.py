@@ -39,11 +39,13 @@ from train.evaluate import METRICS, metrics, save_plots, score_baseline
 from train.registry import Registry, RegistryError, new_version
 
 MODEL_TYPES = ("lightgbm", "logreg")
+# LightGBM: 150 trees at learning rate 0.1 scored like 300 at 0.05 (ROC AUC 0.9057 vs 0.9062,
+# experiments/runs.csv) at half the prediction cost, which bounds /predict/batch throughput.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "lightgbm": {
-        "objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 50,
+        "objective": "binary", "learning_rate": 0.1, "num_leaves": 31, "min_data_in_leaf": 50,
         "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1, "lambda_l2": 1.0,
-        "num_boost_round": 300, "num_threads": 2, "seed": 42, "deterministic": True,
+        "num_boost_round": 150, "num_threads": 2, "seed": 42, "deterministic": True,
         "force_row_wise": True, "verbosity": -1,
     },
     "logreg": {"C": 1.0, "max_iter": 500},

@@ -273,3 +273,25 @@ def test_exposures_lost_when_the_database_is_down_never_fail_a_prediction(small_
         assert all(a.status_code == 200 and a.json()["variant"] in {"a", "b"} for a in answers)
     assert elapsed < 10  # no request waited on the dead database (each would take seconds)
     assert lost._value.get() - before == 100
+
+
+def test_batch_and_single_fast_paths_agree_with_the_rule_by_rule_validator(holdout):
+    """The one-pass encoders accept exactly what FeatureValidator accepts, and encode like RowEncoder."""
+    from features.encode import RowEncoder
+    from serve.validation import CheckedEncoder, FeatureValidator
+
+    checked, validator, encoder = CheckedEncoder(), FeatureValidator(), RowEncoder()
+    good = feature_rows(holdout)[:20]
+    good[0]["days_since_last_order"] = None
+    good[1].pop("days_since_last_event")
+    X = checked.matrix(good)
+    np.testing.assert_array_equal(X, encoder.matrix(good))
+    np.testing.assert_array_equal(np.array([checked.row(r) for r in good]), X)
+    base = good[2]
+    variants = [{**base, "events_7d": v} for v in (-1, 1e7, float("nan"), float("inf"), True, "3", None, 10**400, [1])]
+    variants += [{**base, "device": v} for v in ("fax", None, 1, ["ios"])]
+    variants += [{**base, "extra": 1}, "not a dict", {k: v for k, v in base.items() if k != "country"}]
+    for bad in variants:
+        assert validator.errors(bad, ("f",)), bad
+        assert checked.row(bad) is None, bad
+        assert checked.matrix([base, bad]) is None, bad
