@@ -57,8 +57,8 @@ def find_prometheus() -> str | None:
     return shutil.which("prometheus") or next((str(p) for p in PROMETHEUS_CANDIDATES if p.exists()), None)
 
 
-def start_prometheus(port: int) -> str | None:
-    """Start Prometheus scraping 127.0.0.1:port with the stack's rules; its URL, or None."""
+def start_prometheus(ports: list[int]) -> str | None:
+    """Start Prometheus scraping each server on 127.0.0.1:<port> with the stack's rules; its URL."""
     binary = find_prometheus()
     if binary is None:
         print("up: Prometheus not installed (run `make system-deps`); skipping it")
@@ -70,7 +70,8 @@ def start_prometheus(port: int) -> str | None:
     folder.mkdir(parents=True, exist_ok=True)
     config = (ROOT / "monitoring/prometheus.local.yml").read_text()
     config = config.replace("rules/*.yml", str(ROOT / "monitoring/rules/*.yml"))
-    config = config.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    # Scrape every instance, never the balancer: each gunicorn sums its own workers only.
+    config = config.replace('["127.0.0.1:8000"]', "[" + ", ".join(f'"127.0.0.1:{p}"' for p in ports) + "]")
     (folder / "prometheus.yml").write_text(config)
     argv = [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
             f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"]
@@ -107,7 +108,7 @@ def up(scale: int) -> None:
                                  "--health-path", "/ready", "--timeout", "90"], cwd=ROOT)
         if result.returncode != 0:
             raise LocalError("up: could not start the scaled servers; see above")
-    prometheus = start_prometheus(port)
+    prometheus = start_prometheus([port] if scale == 1 else list(range(port + 1, port + scale + 1)))
     base = f"http://127.0.0.1:{port}"
     print(f"""
 The stack is up.
