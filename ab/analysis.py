@@ -70,15 +70,22 @@ class Analysis:
     winner: str | None = None  # the best significantly better treatment, once ready
 
 
+def _scope(experiment: str, until: datetime, since: datetime | None) -> list[sa.ColumnElement[bool]]:
+    """The exposures of one experiment in [since, until)."""
+    e = ab_exposures
+    scope = [e.c.experiment == experiment, e.c.ts < until]
+    if since is not None:
+        scope.append(e.c.ts >= since)
+    return scope
+
+
 def load_units(
     engine: sa.Engine, experiment: str, *, until: datetime, since: datetime | None = None
 ) -> pd.DataFrame:
     """One row per exposed unit: first exposure, its variant, variants seen, first order at or after it."""
     # one portable query; the 7-day window is applied in pandas (count_arms), not in SQL
     e = ab_exposures
-    scope = [e.c.experiment == experiment, e.c.ts < until]
-    if since is not None:
-        scope.append(e.c.ts >= since)
+    scope = _scope(experiment, until, since)
     units = (
         sa.select(
             e.c.unit_id,
@@ -141,9 +148,7 @@ def load_models(
 ) -> pd.DataFrame:
     """Exposures per (variant, model_version): shows when `current` changed during the experiment."""
     e = ab_exposures
-    scope = [e.c.experiment == experiment, e.c.ts < until]
-    if since is not None:
-        scope.append(e.c.ts >= since)
+    scope = _scope(experiment, until, since)
     first_seen = sa.func.min(e.c.ts).label("first_seen")
     query = (
         sa.select(
