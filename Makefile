@@ -25,7 +25,7 @@ help: ## this list
 
 $(STAMP): requirements.lock pyproject.toml
 	@echo "install: creating $(VENV) from requirements.lock"
-	@if command -v uv >/dev/null 2>&1; then \
+	@if uv --version >/dev/null 2>&1; then \
 	  uv venv -q --allow-existing --python python3.11 $(VENV) && \
 	  VIRTUAL_ENV=$(VENV) uv pip install -q -r requirements.lock && \
 	  VIRTUAL_ENV=$(VENV) uv pip install -q --no-deps -e . ; \
