@@ -13,7 +13,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import yaml
 from ab.analysis import CONVERSION_WINDOW
 from ab.config import CURRENT
 from ab.exposures import ab_exposures
+from deploy.local_scale import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "ab-demo"
@@ -302,14 +302,7 @@ class DemoServer:
         """SIGTERM (gunicorn finishes requests, workers flush exposures); SIGKILL after 30 s."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, 30)
 
     def _tail(self, lines: int = 20) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -207,6 +207,13 @@ def terminate(pid: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> int:
+    """Stop a process started in its own session (and its group); reap it; its exit code."""
+    if process.poll() is None:
+        terminate(process.pid, timeout)
+    return process.wait()
+
+
 def status(args: argparse.Namespace) -> None:
     files = pid_files(args.run_dir) if args.run_dir.exists() else []
     if not files:

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from deploy.local_scale import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"predict_rps": 3000, "predict_vs_health": 0.5, "p99_ms": 25, "batch_rows_s": 200_000,
@@ -197,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
         rss = [rss_mb(int(pid)) for pid in children]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+        stop_process(server, 30)
         shutil.rmtree(work, ignore_errors=True)
 
     rows_s = batches["rps"] * 1000

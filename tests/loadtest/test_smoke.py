@@ -8,7 +8,6 @@ busy CI machine passes, except the error rate, which must be zero. Loopback only
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.local_scale import stop_process
 from features import demo
 from features.db import make_engine
 from loadtest import payloads, report, traffic
@@ -96,13 +96,7 @@ def server(tmp_path_factory, small_demo) -> Iterator[tuple[str, Path]]:
         yield base, payload_path
     finally:
         engine.dispose()
-        if serve.poll() is None:
-            os.killpg(serve.pid, signal.SIGTERM)
-            try:
-                serve.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(serve.pid, signal.SIGKILL)
-                serve.wait()
+        stop_process(serve)
 
 
 def test_smoke_load_test(server: tuple[str, Path], tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.local_scale import stop_process
 from tests.conftest import ROOT, copy_registry, free_port
 
 
@@ -55,13 +56,7 @@ class Server:
         return self.request("GET", path)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, 30)
 
 
 @pytest.fixture
