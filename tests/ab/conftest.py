@@ -7,34 +7,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 
+from features import tables
 from tests.conftest import throwaway_database
-
-app_metadata = sa.MetaData()
-sa.Table(
-    "users",
-    app_metadata,
-    sa.Column("user_id", sa.Text, primary_key=True),
-    sa.Column("signup_at", sa.DateTime),
-    sa.Column("country", sa.Text),
-    sa.Column("device", sa.Text),
-    sa.Column("channel", sa.Text),
-)
-sa.Table(
-    "events",
-    app_metadata,
-    sa.Column("event_id", sa.BigInteger),
-    sa.Column("user_id", sa.Text),
-    sa.Column("ts", sa.DateTime),
-    sa.Column("kind", sa.Text),
-)
-sa.Table(
-    "orders",
-    app_metadata,
-    sa.Column("order_id", sa.BigInteger),
-    sa.Column("user_id", sa.Text),
-    sa.Column("ts", sa.DateTime),
-    sa.Column("amount", sa.Float),
-)
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +41,10 @@ def ab_db_url(request) -> Iterator[str]:
 
 @pytest.fixture
 def make_app_tables() -> Callable[[sa.Engine], dict[str, sa.Table]]:
-    """Create users/events/orders (the contract's columns) on an engine; returns the tables by name."""
+    """Create the app's users/events/orders (features/tables.py) on an engine; the tables by name."""
 
     def create(engine: sa.Engine) -> dict[str, sa.Table]:
-        app_metadata.create_all(engine)
-        return dict(app_metadata.tables)
+        tables.metadata.create_all(engine)
+        return {t.name: t for t in tables.APP_TABLES}
 
     return create
