@@ -18,7 +18,7 @@ SHAPE      ?= constant
 MIX        ?= realistic
 
 .PHONY: help install up down seed train serve test lint loadtest bench experiments ab-report ab-demo \
-        audit rollback clean system-deps
+        audit rollback clean system-deps capacity
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -84,6 +84,9 @@ loadtest: install ## Locust against HOST (make loadtest HOST=http://127.0.0.1:80
 
 bench: install system-deps ## serving benchmark: model calls, /health, /predict, batch, RSS
 	$(PY) -m serve.bench $(ARGS)
+
+capacity: install system-deps ## on >= 4 cores: server pinned to 2, wrk + Locust on the rest (loadtest/pinned.sh)
+	PY=$(PY) loadtest/pinned.sh
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .

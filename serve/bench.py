@@ -6,7 +6,8 @@
 4. POST /predict/batch with 1,000-row batches: rows/s
 5. RSS per worker and time to ready
 
-The server and wrk share this machine's cores, as they would on one small box.
+By default the server and wrk share this machine's cores, as they would on one small box; on a
+bigger machine, `--server-cpus 0,1 --load-cpus 2-5` measures a 2-core server with wrk on its own cores.
 Needs a deployed model (MODEL_DIR) — without one, a small demo model is trained in a temp dir.
 """
 
@@ -84,12 +85,41 @@ def in_process(registry, version: str) -> dict[str, float]:
     return out
 
 
-def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> dict[str, float]:
-    """Run wrk and parse req/s, p50, p99 and errors."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
-    if script:
-        cmd[1:1] = ["-s", str(script)]
-    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+def parse_cpus(text: str) -> set[int]:
+    """A CPU list as taskset writes it ("0,1", "2-7", "0-1,4") -> the set of CPU numbers."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and (not hi.isdigit() or int(hi) < int(lo))):
+            raise ValueError(f"{text!r} is not a CPU list like 0,1 or 2-7")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    available = os.sched_getaffinity(0)
+    if not cpus <= available:
+        raise ValueError(f"CPUs {sorted(cpus - available)} are not available here "
+                         f"(this process may use {format_cpus(available)})")
+    return cpus
+
+
+def format_cpus(cpus: set[int]) -> str:
+    """{0, 1, 2, 5} -> "0-2,5"."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(c)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def pinned(cmd: list[str], cpus: set[int] | None) -> list[str]:
+    """`cmd` run by taskset on `cpus` (the processes it starts inherit the pinning), else as is."""
+    return cmd if cpus is None else ["taskset", "-c", format_cpus(cpus), *cmd]
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    """req/s, p50, p99 (ms) and errors from wrk's --latency output."""
 
     def ms(label: str) -> float:
         m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)\b", text)
@@ -100,6 +130,16 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None) ->
     errors += sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)), "p50_ms": ms("50"),
             "p99_ms": ms("99"), "errors": errors}
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None, threads: int = 1,
+        cpus: set[int] | None = None) -> dict[str, float]:
+    """Run wrk (pinned to `cpus` when given) and parse its figures."""
+    cmd = ["wrk", f"-t{threads}", f"-c{max(connections, threads)}", f"-d{seconds}s", "--latency", url]
+    if script:
+        cmd[1:1] = ["-s", str(script)]
+    done = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, check=True)
+    return parse_wrk(done.stdout)
 
 
 def lua_post(path: Path, body: dict) -> Path:
@@ -148,7 +188,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--server-cpus", metavar="LIST", default=None,
+                        help="pin the server (and the in-process figures) to these CPUs, e.g. 0,1")
+    parser.add_argument("--load-cpus", metavar="LIST", default=None,
+                        help="pin wrk to these CPUs, e.g. 2-5; wrk then runs one thread per CPU, up to 4")
     args = parser.parse_args(argv)
+    try:
+        server_cpus = parse_cpus(args.server_cpus) if args.server_cpus else None
+        load_cpus = parse_cpus(args.load_cpus) if args.load_cpus else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    if (server_cpus or load_cpus) and not shutil.which("taskset"):
+        print("bench: --server-cpus/--load-cpus need taskset (Debian package util-linux)", file=sys.stderr)
+        return 2
+    if server_cpus and load_cpus and server_cpus & load_cpus:
+        parser.error(f"--server-cpus and --load-cpus share CPUs {format_cpus(server_cpus & load_cpus)}")
+    threads = min(len(load_cpus), 4) if load_cpus else 1
+    load = {"threads": threads, "cpus": load_cpus}
     if not shutil.which("wrk"):
         print("bench: wrk not found; run `make system-deps` (Debian package wrk)", file=sys.stderr)
         return 2
@@ -158,10 +214,22 @@ def main(argv: list[str] | None = None) -> int:
     model_dir, db_url = ensure_model(work)
     registry = Registry(model_dir)
     version = registry.current()
-    figures: dict[str, object] = {"model_version": version, "cores": os.cpu_count(), "workers": args.workers}
+    everything = os.sched_getaffinity(0)
+    placement = (f"server on CPUs {format_cpus(server_cpus or everything)}, "
+                 f"wrk ({threads} thread{'s' if threads > 1 else ''}) on CPUs {format_cpus(load_cpus or everything)}")
+    if not (server_cpus and load_cpus):
+        placement += " (shared)" if not (server_cpus or load_cpus) else " (overlapping)"
+    figures: dict[str, object] = {"model_version": version, "cores": os.cpu_count(), "workers": args.workers,
+                                  "placement": placement}
+    print(f"bench: {args.workers} workers; {placement}")
 
     print(f"\n1. in-process, single row, one thread (model {version})")
-    calls = in_process(registry, version)
+    if server_cpus:
+        os.sched_setaffinity(0, {min(server_cpus)})
+    try:
+        calls = in_process(registry, version)
+    finally:
+        os.sched_setaffinity(0, everything)
     for name, value in calls.items():
         print(f"   {name:48s} {value:>12,.0f} /s")
     figures["in_process"] = calls
@@ -171,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
            "MODEL_DIR": str(model_dir), "DATABASE_URL": db_url, "PROMETHEUS_MULTIPROC_DIR": str(work / "prom"),
            "AB_CONFIG": str(work / "none.yml")}
     t0 = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "serve"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+    server = subprocess.Popen(pinned([sys.executable, "-m", "serve"], server_cpus), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -191,10 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r["features"] for r in meta["self_check"]]
         single = lua_post(work / "predict.lua", {"features": row})
         batch = lua_post(work / "batch.lua", {"rows": (rows * (1000 // len(rows) + 1))[:1000]})
-        wrk(base + "/health", 2, args.connections)  # warm-up
-        health = wrk(base + "/health", args.seconds, args.connections)
-        predict = wrk(base + "/predict", args.seconds, args.connections, single)
-        batches = wrk(base + "/predict/batch", args.seconds, 4, batch)
+        wrk(base + "/health", 2, args.connections, **load)  # warm-up
+        health = wrk(base + "/health", args.seconds, args.connections, **load)
+        predict = wrk(base + "/predict", args.seconds, args.connections, single, **load)
+        batches = wrk(base + "/predict/batch", args.seconds, 4, batch, **load)
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
         rss = [rss_mb(int(pid)) for pid in children]
     finally:

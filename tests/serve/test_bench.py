@@ -1,0 +1,79 @@
+"""The benchmark's own parsing: CPU lists for pinning and wrk's output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from serve.bench import format_cpus, parse_cpus, parse_wrk, pinned
+
+WRK = """Running 10s test @ http://127.0.0.1:8000/predict
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.20ms  812.12us  21.65ms   88.12%
+    Req/Sec    14.89k     1.02k   16.21k    83.00%
+  Latency Distribution
+     50%    2.14ms
+     75%    2.41ms
+     90%    2.83ms
+     99%  850.00us
+  148210 requests in 10.00s, 31.52MB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 7
+Requests/sec:  14821.04
+Transfer/sec:      3.15MB
+"""
+
+
+def test_parse_wrk_reads_rate_percentiles_in_ms_and_every_error():
+    figures = parse_wrk(WRK)
+    assert figures["rps"] == pytest.approx(14821.04)
+    assert figures["p50_ms"] == pytest.approx(2.14)
+    assert figures["p99_ms"] == pytest.approx(0.85)  # microseconds converted
+    assert figures["errors"] == 2 + 3 + 7
+
+
+def test_parse_wrk_seconds_and_no_errors():
+    text = WRK.replace("99%  850.00us", "99%    1.20s").replace("  Socket errors: connect 0, read 2, write 0, timeout 3\n", "")
+    text = text.replace("  Non-2xx or 3xx responses: 7\n", "")
+    figures = parse_wrk(text)
+    assert figures["p99_ms"] == pytest.approx(1200.0)
+    assert figures["errors"] == 0
+
+
+def test_cpu_lists_round_trip():
+    assert parse_cpus("0") == {0}
+    assert format_cpus({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
+    mine = os.sched_getaffinity(0)
+    assert parse_cpus(format_cpus(mine)) == mine
+
+
+@pytest.mark.parametrize("text", ["a", "1-", "3-1", "0,,1", "-1"])
+def test_cpu_list_typos_are_refused_with_the_text(text):
+    with pytest.raises(ValueError, match="not a CPU list"):
+        parse_cpus(text)
+
+
+def test_cpus_this_process_may_not_use_are_refused_by_number():
+    missing = max(os.sched_getaffinity(0)) + 1
+    with pytest.raises(ValueError, match=rf"\[{missing}\] are not available"):
+        parse_cpus(f"0,{missing}")
+
+
+def test_pinning_wraps_the_command_in_taskset_only_when_asked():
+    assert pinned(["wrk", "-t1"], None) == ["wrk", "-t1"]
+    assert pinned(["wrk", "-t1"], {2, 3, 4}) == ["taskset", "-c", "2-4", "wrk", "-t1"]
+
+
+def test_pinned_capacity_script_refuses_a_small_box_with_a_pointer(tmp_path):
+    """loadtest/pinned.sh needs spare cores; on one core (taskset) it says so and exits 2."""
+    script = Path(__file__).resolve().parents[2] / "loadtest" / "pinned.sh"
+    done = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))), "bash", str(script)],
+                          capture_output=True, text=True, timeout=30, env={**os.environ, "OUT": str(tmp_path / "out")})
+    assert done.returncode == 2
+    assert "1 core(s) here; this needs at least 4" in done.stderr
+    assert "make bench" in done.stderr
+    assert not (tmp_path / "out").exists()  # refused before doing anything
