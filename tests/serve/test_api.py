@@ -290,6 +290,7 @@ def test_batch_and_single_fast_paths_agree_with_the_rule_by_rule_validator(holdo
     base = good[2]
     variants = [{**base, "events_7d": v} for v in (-1, 1e7, float("nan"), float("inf"), True, "3", None, 10**400, [1])]
     variants += [{**base, "device": v} for v in ("fax", None, 1, ["ios"])]
+    variants += [{**base, "days_since_last_event": v} for v in (float("nan"), float("-inf"), -1, "7", False)]
     variants += [{**base, "extra": 1}, "not a dict", {k: v for k, v in base.items() if k != "country"}]
     for bad in variants:
         assert validator.errors(bad, ("f",)), bad
