@@ -3,8 +3,11 @@
 1. in-process single-row model calls/s: the hot path's choices against the obvious ones
 2. GET /health ceiling (the framework's floor cost)
 3. POST /predict single row at 32 connections: req/s, p50, p99
-4. POST /predict/batch with 1,000-row batches: rows/s
+4. POST /predict/batch with 1,000-row batches at 16 connections: rows/s
 5. RSS per worker and time to ready
+
+The HTTP figures are medians of interleaved rounds (/health, /predict, batch, again ...), so a
+slow spell of a shared host lowers every figure of a round rather than one ratio's half.
 
 By default the server and wrk share this machine's cores, as they would on one small box; on a
 bigger machine, `--server-cpus 0,1 --load-cpus 2-5` measures a 2-core server with wrk on its own cores.
@@ -19,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,9 +84,19 @@ def in_process(registry, version: str) -> dict[str, float]:
         "whole hot path (parse+validate+encode+score)": per_second(
             lambda: scorer.one(checked.row(orjson.loads(body)["features"]))),
     }
-    batch = np.repeat(X, 1000, axis=0)
+    rows = batch_rows(meta)
+    batch_body = json.dumps({"rows": rows}).encode()  # as wrk sends it
+    batch = checked.matrix(rows)
+    out["batch of 1,000: parse (orjson), rows/s"] = 1000 * per_second(lambda: orjson.loads(batch_body), 0.5)
+    out["batch of 1,000: validate+encode (matrix), rows/s"] = 1000 * per_second(lambda: checked.matrix(rows), 0.5)
     out["model only: 1,000-row batches, rows/s"] = 1000 * per_second(lambda: scorer.many(batch), 1.0)
     return out
+
+
+def batch_rows(meta: dict, n: int = 1000) -> list[dict]:
+    """n feature rows for the batch figures: the model's self-check rows, repeated."""
+    rows = [r["features"] for r in meta["self_check"]]
+    return (rows * (n // len(rows) + 1))[:n]
 
 
 def parse_cpus(text: str) -> set[int]:
@@ -142,6 +156,19 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None, th
     return parse_wrk(done.stdout)
 
 
+def combine(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Several wrk runs of one request as one figure: median rate and percentiles, all errors."""
+    return {"rps": statistics.median(r["rps"] for r in runs), "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+            "p99_ms": statistics.median(r["p99_ms"] for r in runs), "errors": sum(r["errors"] for r in runs),
+            "rounds": [r["rps"] for r in runs]}
+
+
+def spread(figure: dict) -> str:
+    """Each round's req/s, for the eye to judge the noise."""
+    rounds = figure["rounds"]
+    return "" if len(rounds) < 2 else "[" + " ".join(f"{r:,.0f}" for r in rounds) + "]"
+
+
 def lua_post(path: Path, body: dict) -> Path:
     path.with_suffix(".json").write_text(json.dumps(body))
     path.write_text(f"""wrk.method = "POST"
@@ -184,15 +211,22 @@ def ensure_model(workdir: Path) -> tuple[Path, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10, help="per HTTP measurement (default 10)")
+    parser.add_argument("--seconds", type=int, default=4, help="per HTTP measurement and round (default 4)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of /health, /predict, batch, interleaved; medians are reported (default 3)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--connections", type=int, default=32, help="for /health and /predict (default 32)")
+    parser.add_argument("--batch-connections", type=int, default=16,
+                        help="for /predict/batch (default 16: with fewer, the kernel's spreading of connections "
+                             "over workers can leave one worker a single connection)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--server-cpus", metavar="LIST", default=None,
                         help="pin the server (and the in-process figures) to these CPUs, e.g. 0,1")
     parser.add_argument("--load-cpus", metavar="LIST", default=None,
                         help="pin wrk to these CPUs, e.g. 2-5; wrk then runs one thread per CPU, up to 4")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.seconds < 1:
+        parser.error("--rounds and --seconds must be at least 1")
     try:
         server_cpus = parse_cpus(args.server_cpus) if args.server_cpus else None
         load_cpus = parse_cpus(args.load_cpus) if args.load_cpus else None
@@ -256,29 +290,34 @@ def main(argv: list[str] | None = None) -> int:
         ready_s = time.perf_counter() - t0
         meta = registry.meta(version)
         row = meta["self_check"][0]["features"]
-        rows = [r["features"] for r in meta["self_check"]]
         single = lua_post(work / "predict.lua", {"features": row})
-        batch = lua_post(work / "batch.lua", {"rows": (rows * (1000 // len(rows) + 1))[:1000]})
+        batch = lua_post(work / "batch.lua", {"rows": batch_rows(meta)})
         wrk(base + "/health", 2, args.connections, **load)  # warm-up
-        health = wrk(base + "/health", args.seconds, args.connections, **load)
-        predict = wrk(base + "/predict", args.seconds, args.connections, single, **load)
-        batches = wrk(base + "/predict/batch", args.seconds, 4, batch, **load)
+        runs: dict[str, list[dict[str, float]]] = {"health": [], "predict": [], "batch": []}
+        for _ in range(args.rounds):  # interleaved, so a slow spell of the host hits every figure alike
+            runs["health"].append(wrk(base + "/health", args.seconds, args.connections, **load))
+            runs["predict"].append(wrk(base + "/predict", args.seconds, args.connections, single, **load))
+            runs["batch"].append(wrk(base + "/predict/batch", args.seconds, args.batch_connections, batch, **load))
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
         rss = [rss_mb(int(pid)) for pid in children]
     finally:
         stop_process(server, 30)
         shutil.rmtree(work, ignore_errors=True)
 
+    health, predict, batches = (combine(runs[k]) for k in ("health", "predict", "batch"))
     rows_s = batches["rps"] * 1000
+    if args.rounds > 1:
+        print(f"\nmedians of {args.rounds} interleaved rounds of {args.seconds} s; each round's req/s in brackets")
     print(f"\n2. GET /health ceiling        {health['rps']:>9,.0f} req/s  p50 {health['p50_ms']:.2f} ms  "
-          f"p99 {health['p99_ms']:.2f} ms  errors {health['errors']}")
+          f"p99 {health['p99_ms']:.2f} ms  errors {health['errors']}  {spread(health)}")
     print(f"3. POST /predict (1 row)      {predict['rps']:>9,.0f} req/s  p50 {predict['p50_ms']:.2f} ms  "
-          f"p99 {predict['p99_ms']:.2f} ms  errors {predict['errors']}  ({args.connections} connections)")
+          f"p99 {predict['p99_ms']:.2f} ms  errors {predict['errors']}  {spread(predict)}  ({args.connections} connections)")
     print(f"4. POST /predict/batch        {rows_s:>9,.0f} rows/s ({batches['rps']:.0f} batches of 1,000/s, "
-          f"p99 {batches['p99_ms']:.1f} ms)")
+          f"p99 {batches['p99_ms']:.1f} ms)  {spread(batches)}  ({args.batch_connections} connections)")
     print(f"5. RSS per worker             {', '.join(f'{r:.0f} MB' for r in rss)};  ready in {ready_s:.1f} s")
     ratios = {
-        "predict / health": predict["rps"] / health["rps"],
+        "predict / health": statistics.median(  # round by round: both figures met the same host
+            p["rps"] / h["rps"] for p, h in zip(runs["predict"], runs["health"], strict=True)),
         "in-process whole hot path / HTTP predict per worker": calls["whole hot path (parse+validate+encode+score)"]
         / (predict["rps"] / args.workers),
         "fast path / Booster.predict": calls["score: LightGBM C single-row fast path"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.bench import format_cpus, parse_cpus, parse_wrk, pinned
+from serve.bench import combine, format_cpus, parse_cpus, parse_wrk, pinned, spread
 
 WRK = """Running 10s test @ http://127.0.0.1:8000/predict
   1 threads and 32 connections
@@ -77,3 +77,14 @@ def test_pinned_capacity_script_refuses_a_small_box_with_a_pointer(tmp_path):
     assert "1 core(s) here; this needs at least 4" in done.stderr
     assert "make bench" in done.stderr
     assert not (tmp_path / "out").exists()  # refused before doing anything
+
+
+def test_rounds_combine_into_medians_and_every_error():
+    runs = [{"rps": r, "p50_ms": p50, "p99_ms": p99, "errors": e}
+            for r, p50, p99, e in ((9000.0, 2.0, 9.0, 0), (14000.0, 1.5, 5.0, 1), (13000.0, 1.6, 6.0, 2))]
+    figure = combine(runs)
+    assert figure["rps"] == 13000.0 and figure["p50_ms"] == 1.6 and figure["p99_ms"] == 6.0
+    assert figure["errors"] == 3
+    assert figure["rounds"] == [9000.0, 14000.0, 13000.0]
+    assert spread(figure) == "[9,000 14,000 13,000]"
+    assert spread(combine(runs[:1])) == ""

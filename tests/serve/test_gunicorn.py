@@ -157,3 +157,49 @@ def test_metrics_add_up_across_workers(server_and_registry, small_models):
     assert total == 40
     baseline = [line for line in text.splitlines() if line.startswith("model_prediction_baseline_bin_fraction{")]
     assert len(baseline) == 10 and sum(float(b.rsplit(" ", 1)[1]) for b in baseline) == pytest.approx(1)
+
+
+def _connections_by_pid(port: int, pids: list[int]) -> dict[int, int]:
+    """Established connections on `port` held by each of `pids` (from /proc: no tools needed)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # ESTABLISHED, local port
+                inodes.add(fields[9])
+    counts = {}
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        counts[pid] = sum(1 for fd in fds.iterdir() if os.readlink(fd).removeprefix("socket:[").rstrip("]") in inodes)
+    return counts
+
+
+def test_a_burst_of_new_connections_is_spread_over_the_workers(server_and_registry):
+    """32 connections opened at once (as wrk or a proxy's pool does) do not all land on one worker.
+
+    With one shared listening socket, the first worker to wake accepted whole bursts and served
+    one core's worth; each worker now has its own SO_REUSEPORT socket and the kernel spreads them.
+    """
+    server, _ = server_and_registry
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                                              text=True).stdout.split()]
+    assert len(workers) == 2
+    for _ in range(5):
+        socks = [socket.socket() for _ in range(32)]
+        try:
+            for s in socks:
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", server.port))  # all handshakes in flight at once
+            for s in socks:
+                s.setblocking(True)
+                s.settimeout(10)
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+            for s in socks:
+                assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            counts = _connections_by_pid(server.port, workers)
+            assert sum(counts.values()) == 32, counts
+            assert min(counts.values()) >= 4, f"one worker took nearly the whole burst: {counts}"
+        finally:
+            for s in socks:
+                s.close()
+        time.sleep(0.2)
