@@ -7,6 +7,7 @@
 #   loadtest/pinned.sh                          # SERVER_CPUS=0,1  LOAD_CPUS=2-<last>
 #   SERVER_CPUS=0,1 LOAD_CPUS=2-9 OUT=var/capacity/run1 loadtest/pinned.sh
 #   BENCH=0 PREDICT_USERS=320 REALISTIC_USERS=48 loadtest/pinned.sh   # Locust only, finer steps
+#   BENCH=0 MIXES=predict loadtest/pinned.sh                           # the predict-only run alone
 #
 # Each Locust run climbs in 8 equal steps of STEP_SECONDS (default 12) up to its users, each
 # user paced at 20 req/s: PREDICT_USERS=640 offers 1,600 more req/s per step, up to 12,800.
@@ -74,6 +75,11 @@ run() {  # name mix users
     --duration "$((steps * STEP_SECONDS))s" --user-rps 20 --processes "$PROCESSES" --slo-min-rps 0 \
     --payloads "$OUT/payloads.json" --out "$OUT/$1" || echo "pinned: $1 run exited $? (an SLO missed at the highest steps is expected)" >&2
 }
-run predict predict "$PREDICT_USERS"
-run realistic realistic "$REALISTIC_USERS"
+for mix in ${MIXES:-predict realistic}; do
+  case $mix in
+    predict) run predict predict "$PREDICT_USERS" ;;
+    realistic) run realistic realistic "$REALISTIC_USERS" ;;
+    *) echo "pinned: unknown mix '$mix' in MIXES (predict, realistic)" >&2; exit 2 ;;
+  esac
+done
 echo "pinned: results in $OUT (conditions.txt, bench.txt, predict/*/report.md, realistic/*/report.md)" >&2
