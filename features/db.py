@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -63,10 +63,44 @@ def make_engine(url: str, *, pool_size: int = 5, connect_timeout: int = 5) -> En
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets the server read while the trainer or seeder writes.
+    dbapi_conn.create_function("date_part", 2, date_part, deterministic=True)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+# -- portable time arithmetic ------------------------------------------------------------------
+# Feature SQL runs unchanged on both databases, so it may not use dialect date functions. The one
+# exception is Postgres' own date_part(field, timestamp), which every SQLite connection made here
+# gets as a registered function with the same meaning: hours between two timestamps are
+# (date_part('epoch', b) - date_part('epoch', a)) / 3600 on both. Timestamps are naive UTC.
+
+_EPOCH = datetime(1970, 1, 1)
+_ONE_SECOND = timedelta(seconds=1)
+_FIELDS = {
+    "year": lambda t: t.year, "month": lambda t: t.month, "day": lambda t: t.day,
+    "hour": lambda t: t.hour, "minute": lambda t: t.minute,
+    "second": lambda t: t.second + t.microsecond / 1e6,
+    "dow": lambda t: t.isoweekday() % 7, "isodow": lambda t: t.isoweekday(),
+    "doy": lambda t: t.timetuple().tm_yday,
+}
+DATE_PART_FIELDS = ("epoch", *_FIELDS)
+
+
+def date_part(field: str | None, value: str | datetime | None) -> float | None:
+    """Postgres' date_part for SQLite: 'epoch' (seconds since 1970, UTC) and the fields above."""
+    if field is None or value is None:
+        return None
+    ts = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC).replace(tzinfo=None)
+    name = field.lower()
+    if name == "epoch":
+        return ((ts - _EPOCH) // timedelta(microseconds=1)) / 1e6
+    if name not in _FIELDS:
+        raise ValueError(f"date_part: field {field!r} is not one of {list(DATE_PART_FIELDS)}")
+    return float(_FIELDS[name](ts))
 
 
 def check_connection(engine: Engine) -> None:

@@ -1,8 +1,8 @@
-"""The feature schema: the one list every other part derives from.
+"""The feature schema, as the rest of the stack sees it: derived from features/spec.yml.
 
 Training checks its frame against it, the server builds its request model from it, the load
-test samples payloads by it and the docs print it. To add a feature: add its SQL column (or
-pandas transform in `build.py`), then one `Feature` line here.
+test samples payloads by it and the docs print it. To add a feature, add its SQL column and one
+entry under `features:` in spec.yml; nothing here changes.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-LABEL = "will_order_7d"
-LABEL_HORIZON_DAYS = 7
+from features.spec import SPEC
 
 
 @dataclass(frozen=True)
@@ -29,32 +28,14 @@ class Feature:
     values: tuple[str, ...] = field(default_factory=tuple)
 
 
-COUNTRIES = ("US", "GB", "DE", "FR", "BR", "IN", "other")
-DEVICES = ("ios", "android", "desktop")
-CHANNELS = ("organic", "paid_search", "social", "email", "referral")
+LABEL = SPEC.label.name
+LABEL_HORIZON_DAYS = SPEC.label.horizon_days
+KEY = SPEC.entity.key  # the key column of the training frame and of every SQL file
 
-FEATURES: tuple[Feature, ...] = (
-    Feature("country", "categorical", "Country the user signed up from.", values=COUNTRIES),
-    Feature("device", "categorical", "Device the user signed up on.", values=DEVICES),
-    Feature("channel", "categorical", "Acquisition channel.", values=CHANNELS),
-    Feature("account_age_days", "numeric", "Days since signup.", minimum=0, maximum=36500),
-    Feature("events_7d", "numeric", "Events of any kind in the last 7 days.", minimum=0, maximum=1e6),
-    Feature("events_30d", "numeric", "Events of any kind in the last 30 days.", minimum=0, maximum=1e6),
-    Feature("views_7d", "numeric", "Product views in the last 7 days.", minimum=0, maximum=1e6),
-    Feature("searches_7d", "numeric", "Searches in the last 7 days.", minimum=0, maximum=1e6),
-    Feature("carts_7d", "numeric", "Add-to-cart events in the last 7 days.", minimum=0, maximum=1e6),
-    Feature("carts_30d", "numeric", "Add-to-cart events in the last 30 days.", minimum=0, maximum=1e6),
-    Feature(
-        "days_since_last_event", "numeric", "Days since the most recent event; null if none.",
-        nullable=True, minimum=0, maximum=36500,
-    ),
-    Feature("orders_30d", "numeric", "Orders in the last 30 days.", minimum=0, maximum=1e5),
-    Feature("orders_90d", "numeric", "Orders in the last 90 days.", minimum=0, maximum=1e5),
-    Feature("amount_90d", "numeric", "Order value in the last 90 days.", minimum=0, maximum=1e8),
-    Feature(
-        "days_since_last_order", "numeric", "Days since the most recent order; null if none.",
-        nullable=True, minimum=0, maximum=36500,
-    ),
+FEATURES: tuple[Feature, ...] = tuple(
+    Feature(f.name, f.kind, f.description, f.nullable,
+            None if f.range is None else f.range[0], None if f.range is None else f.range[1], f.values)
+    for f in SPEC.features
 )
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
@@ -106,3 +87,20 @@ def markdown_table(features: tuple[Feature, ...] = FEATURES) -> str:
         allowed = ", ".join(f.values) if f.kind == "categorical" else f"{f.minimum:g} .. {f.maximum:g}"
         lines.append(f"| `{f.name}` | {f.kind} | {allowed} | {'yes' if f.nullable else 'no'} | {f.description} |")
     return "\n".join(lines)
+
+
+def example_features(features: tuple[Feature, ...] = FEATURES) -> dict[str, object]:
+    """A valid features object built from the schema (OpenAPI example, curl examples, docs)."""
+    out: dict[str, object] = {}
+    for f in features:
+        if f.kind == "categorical":
+            out[f.name] = f.values[0]
+        else:
+            low = float(f.minimum or 0)
+            out[f.name] = min(low + 3.0, float(f.maximum)) if f.maximum is not None else low + 3.0
+    return out
+
+
+def example_request() -> dict[str, object]:
+    """A POST /predict body: the example features and the spec's example entity key."""
+    return {"features": example_features(), "user_id": SPEC.entity.example}

@@ -123,6 +123,13 @@ MODEL_RELOAD_FAILURES = Counter(
     "New model versions that failed to load or self-check; the old model kept serving.",
 )
 
+ONLINE_FEATURE_VIOLATIONS = Counter(
+    "model_online_feature_violations_total",
+    "Features computed from the database (POST /predict/user) that break the feature schema; "
+    "the request was refused with 422 instead of being scored.",
+    ["feature"],
+)
+
 # --- A/B (ab/exposures.py counts into these) -----------------------------------------------
 
 AB_EXPOSURES_RECORDED = Counter(
@@ -147,6 +154,7 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     MODEL_INFO,
     MODEL_TRAINED_TIMESTAMP,
     MODEL_RELOAD_FAILURES,
+    ONLINE_FEATURE_VIOLATIONS,
     AB_EXPOSURES_RECORDED,
     AB_EXPOSURES_LOST,
 )

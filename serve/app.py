@@ -22,17 +22,19 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ab.exposures import ExposureWriter
-from features.schema import FEATURES, schema_as_dicts
+from features.codec import CODEC
+from features.schema import example_features, schema_as_dicts
+from features.spec import SPEC
 from monitoring import metrics as prom
 from serve.logs import request_id
 from serve.models import LoadedModel, ModelStore
 from serve.validation import (
-    CheckedEncoder,
-    FeatureValidator,
     RequestError,
+    check_key,
     check_keys,
-    check_user_id,
+    check_path_key,
     feature_json_schema,
+    key_json_schema,
     parse_json,
 )
 from stack.settings import Settings, get_settings
@@ -45,14 +47,6 @@ JSON = "application/json"
 def json_response(content: Any, status_code: int = 200) -> Response:
     """orjson-encoded response (several times faster than the stdlib encoder)."""
     return Response(orjson.dumps(content), status_code=status_code, media_type=JSON)
-
-
-def example_features() -> dict[str, Any]:
-    """A valid request body built from the schema (for /docs and the README)."""
-    out: dict[str, Any] = {}
-    for f in FEATURES:
-        out[f.name] = f.values[0] if f.kind == "categorical" else float(f.minimum or 0) + 3.0
-    return out
 
 
 class Observability:
@@ -124,8 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     store = ModelStore(Registry(settings.model_dir), settings.ab_config)
     exposures = ExposureWriter.from_settings(settings)
-    validator = FeatureValidator()
-    checked = CheckedEncoder()
+    codec = CODEC
     engine_box: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -149,8 +142,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Boring ML Stack: model server",
         version="1",
-        description="Predicts whether a user places an order in the next 7 days. "
-                    "Request fields come from the feature schema (GET /model).",
+        description=f"{SPEC.task} Scores are probabilities of `{SPEC.label.name}` "
+                    f"(one {SPEC.entity.name} per request, keyed by `{SPEC.entity.key}`). "
+                    "Request fields come from the feature schema (GET /model; features/spec.yml).",
         lifespan=lifespan,
         default_response_class=Response,
     )
@@ -170,8 +164,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     ModelDep = Annotated[LoadedModel, Depends(serving_model)]
 
-    def routed(user_id: str | None) -> tuple[LoadedModel, str | None]:
+    def routed(key: str | int | None) -> tuple[LoadedModel, str | None]:
         """The model (and A/B variant) for a request; records the exposure off the request path."""
+        user_id = None if key is None else SPEC.entity.canonical(key)
         state = store.state
         model, variant = state.route(user_id)
         if model is None:
@@ -187,9 +182,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"requestBody": {"required": True, "content": {JSON: {"schema": schema, "example": example_body}}}}
 
     predict_spec = body_spec(
-        {"type": "object", "properties": {"features": features_schema, "user_id": {"type": "string"}},
+        {"type": "object", "properties": {"features": features_schema, "user_id": key_json_schema()},
          "required": ["features"], "additionalProperties": False},
-        {"features": example, "user_id": "u000123"},
+        {"features": example, "user_id": SPEC.entity.example},
     )
     batch_spec = body_spec(
         {"type": "object", "properties": {"rows": {"type": "array", "items": features_schema,
@@ -198,8 +193,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         {"rows": [example, example]},
     )
 
-    def score_one(row: list[float], user_id: str | None) -> Response:
-        model, variant = routed(user_id)
+    def score_one(row: list[float], key: str | int | None) -> Response:
+        model, variant = routed(key)
         started = time.perf_counter()
         score = model.scorer.one(row)
         model.metrics.observe(score, time.perf_counter() - started, variant)
@@ -208,10 +203,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/predict", openapi_extra=predict_spec, summary="Score one row of features")
     async def predict(request: Request) -> Response:
         body = check_keys(parse_json(await request.body()), {"features", "user_id"}, {"features"})
-        row = checked.row(body["features"])
+        row = codec.row(body["features"])
         if row is None:
-            validator.check(body["features"], ("features",))  # raises, naming every problem
-        return score_one(row, check_user_id(body.get("user_id")))
+            raise RequestError(422, codec.errors(body["features"], ("features",)))  # names every problem
+        return score_one(row, check_key(body.get("user_id")))
 
     @app.post("/predict/batch", openapi_extra=batch_spec, summary="Score up to MAX_BATCH_ROWS rows")
     async def predict_batch(request: Request, model: ModelDep) -> Response:
@@ -223,9 +218,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if len(rows) > settings.max_batch_rows:
             raise RequestError(413, [{"loc": ["body", "rows"], "type": "too_long", "input": len(rows),
                                       "msg": f"rows: {len(rows)} rows is more than MAX_BATCH_ROWS={settings.max_batch_rows}"}])
-        X = checked.matrix(rows)
+        X = codec.matrix(rows)
         if X is None:
-            errors = [e for i, r in enumerate(rows) for e in validator.errors(r, ("rows", i))]
+            errors = [e for i, r in enumerate(rows) for e in codec.errors(r, ("rows", i))]
             raise RequestError(422, errors[:50])
         started = time.perf_counter()
         scores = model.scorer.many(X)
@@ -240,30 +235,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine_box["engine"] = make_engine(settings.database_url, pool_size=4, connect_timeout=3)
         return engine_box["engine"]
 
-    def online_features(user_id: str) -> dict | None:
+    def online_features(key: str | int) -> dict | None:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from features.build import build_online
+        from features.build import FeatureSQLError, build_online
         from features.db import DatabaseError
 
         now = datetime.now(UTC).replace(tzinfo=None)
         try:
             with engine().connect() as conn:
-                return build_online(conn, user_id, now)
-        except (SQLAlchemyError, DatabaseError, OSError) as exc:
+                return build_online(conn, key, now)
+        except (SQLAlchemyError, DatabaseError, FeatureSQLError, OSError) as exc:
             log.error("by-user features failed: %s", str(exc).splitlines()[0])
-            raise RequestError(503, [{"loc": ["path", "user_id"], "type": "database_unavailable", "input": user_id,
+            raise RequestError(503, [{"loc": ["path", "user_id"], "type": "database_unavailable", "input": key,
                                       "msg": "the feature database is unavailable; POST /predict with "
                                              "features still works"}]) from None
 
-    @app.post("/predict/user/{user_id}", summary="Score a user with features computed now from the database")
+    @app.post("/predict/user/{user_id}", summary=f"Score a {SPEC.entity.name} with features computed now "
+              "from the database", openapi_extra={"parameters": [{
+                  "name": "user_id", "in": "path", "required": True, "schema": key_json_schema(),
+                  "example": SPEC.entity.example}]})
     async def predict_user(user_id: str, _ready: ModelDep) -> Response:
-        check_user_id(user_id, ("path", "user_id"))
-        features = await run_in_threadpool(online_features, user_id)
+        key = check_path_key(user_id)
+        features = await run_in_threadpool(online_features, key)
         if features is None:
-            raise RequestError(404, [{"loc": ["path", "user_id"], "type": "not_found", "input": user_id,
-                                      "msg": f"user {user_id!r} not found"}])
-        return score_one(store.encoder.row(features), user_id)
+            raise RequestError(404, [{"loc": ["path", "user_id"], "type": "not_found", "input": key,
+                                      "msg": f"{SPEC.entity.name} {key!r} not found"}])
+        row = codec.row(features)
+        if row is None:  # the database holds what training and /predict refuse: refuse, count, log
+            problems = codec.errors(features, ("features",))
+            for problem in problems:
+                prom.ONLINE_FEATURE_VIOLATIONS.labels(problem["loc"][-1]).inc()
+            log.warning("%s %r: features from the database break the schema: %s", SPEC.entity.name, key,
+                        "; ".join(p["msg"] for p in problems))
+            raise RequestError(422, [{**p, "loc": ["database", *p["loc"][1:]], "type": "feature_out_of_schema",
+                                      "msg": f"{SPEC.entity.name} {key!r}: the database's {p['msg']}"}
+                                     for p in problems])
+        return score_one(row, key)
 
     @app.get("/health", summary="Liveness: the process answers")
     async def health() -> Response:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ab.assign import assign
 from ab.config import CURRENT, ConfigError, Experiment, load_experiment
-from features.encode import RowEncoder
+from features.codec import CODEC, Codec
 from features.schema import schema_fingerprint
 from monitoring import metrics as prom
 from train.artifact import Scorer
@@ -68,7 +68,7 @@ def installed_versions() -> dict[str, str]:
     return {name: version(name) for name in PINNED_LIBRARIES}
 
 
-def load_model(registry: Registry, version: str, encoder: RowEncoder) -> LoadedModel:
+def load_model(registry: Registry, version: str, encoder: Codec) -> LoadedModel:
     """Load `version`, refuse it if this server cannot serve it faithfully, self-check it."""
     try:
         artifact, meta = registry.load(version)
@@ -89,7 +89,11 @@ def load_model(registry: Registry, version: str, encoder: RowEncoder) -> LoadedM
         if not rows:
             raise ModelLoadError(f"model {version}: meta.json has no self_check rows")
         for i, row in enumerate(rows):
-            got = scorer.one(encoder.row(row["features"]))
+            encoded = encoder.row(row["features"])
+            if encoded is None:
+                problems = "; ".join(e["msg"] for e in encoder.errors(row["features"], ("features",)))
+                raise ModelLoadError(f"model {version}: self-check row {i} breaks the feature schema: {problems}")
+            got = scorer.one(encoded)
             if not math.isfinite(got) or abs(got - row["expected"]) > SELF_CHECK_TOLERANCE:
                 raise ModelLoadError(f"model {version}: self-check row {i} scored {got}, expected {row['expected']}")
         model_metrics = prom.register_model(version, meta)
@@ -111,7 +115,7 @@ class ModelStore:
     def __init__(self, registry: Registry, ab_config: Path | None = None) -> None:
         self.registry = registry
         self.ab_config = ab_config
-        self.encoder = RowEncoder()
+        self.encoder = CODEC
         self.state = ServingState()
         self.failed: dict[str, str] = {}  # version -> why it was refused (not retried until forced)
         self.config_error: str | None = None

@@ -7,6 +7,7 @@ reason. Every session gets its own throwaway database, dropped at the end.
 
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
 import shutil
@@ -20,8 +21,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from features import demo
 from features.db import make_engine
+from features.spec import SPEC
+
+# The domain under test: its loader (spec.yml `loader`) and the facts the tests may pin about its
+# demo data (`<loader>.expect`). No other test module names the demo.
+demo = SPEC.load_loader()
+EXPECT = importlib.import_module(f"{SPEC.loader}.expect")
+KEY = SPEC.entity.key
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_END = datetime(2026, 6, 1)  # fixed, so every run sees the same data
@@ -79,8 +86,8 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def small_demo() -> demo.DemoData:
-    """A tenth of the default demo (2k users), generated once."""
+def small_demo():
+    """A tenth of the default demo (2k entities), generated once."""
     return demo.generate(scale=SMALL_SCALE, seed=7, end=DEMO_END)
 
 
@@ -99,7 +106,7 @@ def small_postgres_url(postgres_url, small_demo) -> str:
 
 @pytest.fixture(scope="session")
 def default_sqlite_url(tmp_path_factory) -> str:
-    """The default demo scale (20k users, ~1M events) in SQLite, loaded once."""
+    """The default demo scale in SQLite, loaded once."""
     url = f"sqlite:///{tmp_path_factory.mktemp('default') / 'app.db'}"
     demo.load(make_engine(url), demo.generate(scale=1.0, seed=42, end=DEMO_END))
     return url
@@ -143,3 +150,10 @@ def copy_registry(registry, dest: Path):
 
     shutil.copytree(registry.root, dest)
     return Registry(dest)
+
+
+def some_keys(n: int) -> list:
+    """`n` distinct keys of the spec's key type (A/B units; they need not exist in the database)."""
+    if SPEC.entity.type == "integer":
+        return list(range(1, n + 1))
+    return [f"k{i:06d}" for i in range(n)]

@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 
 from filelock import FileLock, Timeout
 
-from features.build import EmptyDataError
+from features.build import EmptyDataError, FeatureSQLError
 from features.db import DatabaseError, check_connection, make_engine
+from features.spec import SPEC
 from stack.settings import get_settings
 from train.pipeline import MODEL_TYPES, TrainConfig, TrainError, params_from_cli, run
 from train.registry import Registry, RegistryError
@@ -37,7 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="deploy even if the gate refuses (needs --reason)")
     p.add_argument("--reason", default="", help="why --force (goes to history.csv)")
     p.add_argument("--tolerance", type=float, default=0.005, help="ROC AUC the challenger may lose (default 0.005)")
-    p.add_argument("--as-of-count", type=int, default=8, help="weekly as_of dates in the frame (default 8)")
+    p.add_argument("--as-of-count", type=int, default=SPEC.training.as_of_count,
+                   help=f"as_of dates in the frame, every {SPEC.training.step_days} days "
+                        f"(default {SPEC.training.as_of_count}, spec.yml training)")
     p.add_argument("--if-missing", action="store_true", help="do nothing if a model is deployed (container start)")
     p.add_argument("--shuffle-labels", action="store_true", help="sanity check: train on shuffled labels")
     return p.parse_args(argv)
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = make_engine(settings.database_url)
         check_connection(engine)
         result = run(engine, registry, settings.experiments_log, config)
-    except (TrainError, DatabaseError, EmptyDataError, RegistryError) as exc:
+    except (TrainError, DatabaseError, EmptyDataError, FeatureSQLError, RegistryError) as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 2
     finally:

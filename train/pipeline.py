@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 
 from experiments.log import append_run
 from features.build import build_training_frame, feature_rows, training_as_of_dates
-from features.encode import RowEncoder, categorical_indices, encode_frame
+from features.codec import CODEC
 from features.schema import (
     FEATURES,
     LABEL,
@@ -34,6 +34,7 @@ from features.schema import (
     schema_fingerprint,
     schema_from_dicts,
 )
+from features.spec import SPEC
 from train.artifact import predict
 from train.evaluate import METRICS, metrics, save_plots, score_baseline
 from train.registry import Registry, RegistryError, new_version
@@ -64,7 +65,7 @@ class TrainConfig:
 
     model_type: str = "lightgbm"
     params: dict[str, Any] = field(default_factory=dict)
-    as_of_count: int = 8
+    as_of_count: int = SPEC.training.as_of_count
     holdout_dates: int = 2
     tolerance: float = 0.005
     notes: str = ""
@@ -97,41 +98,14 @@ def check(frame: pd.DataFrame) -> None:
     """Refuse a frame that breaks the feature schema, with every problem named."""
     if frame.empty:
         raise TrainError("the training frame is empty: seed the database (`make seed`) or check DATABASE_URL")
-    problems = []
-    missing = [f.name for f in FEATURES if f.name not in frame.columns]
-    if missing:
-        problems.append(f"columns missing from the frame: {missing} (renamed in features/sql?)")
-    for f in FEATURES:
-        if f.name not in frame.columns:
-            continue
-        col = frame[f.name]
-        nulls = int(col.isna().sum())
-        if f.kind == "categorical":
-            known = set(f.values)
-            bad = sorted({str(v) for v in col.dropna().astype(object).unique()} - known)
-            if bad:
-                problems.append(f"{f.name}: values {bad[:5]} not in the schema's {list(f.values)}")
-            if hasattr(col, "cat"):
-                nulls = int(col.isna().sum())
-        else:
-            if not pd.api.types.is_numeric_dtype(col):
-                problems.append(f"{f.name}: expected numeric, got {col.dtype}")
-                continue
-            values = col.to_numpy(dtype="float64", na_value=np.nan)
-            if np.isinf(values).any():
-                problems.append(f"{f.name}: contains infinity")
-            finite = values[np.isfinite(values)]
-            if finite.size and f.minimum is not None and finite.min() < f.minimum:
-                problems.append(f"{f.name}: minimum {finite.min()} below the schema's {f.minimum}")
-            if finite.size and f.maximum is not None and finite.max() > f.maximum:
-                problems.append(f"{f.name}: maximum {finite.max()} above the schema's {f.maximum}")
-        if nulls and not f.nullable:
-            problems.append(f"{f.name}: {nulls} missing values, but the schema says it may not be missing")
+    problems = CODEC.frame_problems(frame)  # the rules /predict and the self-check use
     if LABEL not in frame.columns:
         problems.append(f"label column {LABEL!r} missing")
     elif frame[LABEL].nunique() < 2:
         problems.append(f"the label has one class only ({frame[LABEL].iloc[0]!r} for all "
-                        f"{len(frame):,} rows): nothing to learn; is the data window right?")
+                        f"{len(frame):,} rows): nothing to learn. Is the data window right, and does "
+                        f"spec.yml label.positive ({SPEC.label.positive!r}) match what "
+                        f"features/sql/{SPEC.label.sql}.sql counts?")
     if problems:
         raise TrainError("the training frame does not match the feature schema:\n  - " + "\n  - ".join(problems))
 
@@ -171,14 +145,14 @@ def check_params(model_type: str, params: dict[str, Any]) -> None:
 def fit(train: pd.DataFrame, model_type: str, params: dict[str, Any]) -> dict[str, Any]:
     """Fit a model on the encoded frame; returns the artifact dict."""
     check_params(model_type, params)
-    X, y = encode_frame(train), train[LABEL].to_numpy()
+    X, y = CODEC.encode_frame(train), train[LABEL].to_numpy()
     names = [f.name for f in FEATURES]
     if model_type == "lightgbm":
         import lightgbm as lgb
 
         p = dict(params)
         rounds = int(p.pop("num_boost_round", 300))
-        data = lgb.Dataset(X, y, feature_name=names, categorical_feature=categorical_indices(), free_raw_data=False)
+        data = lgb.Dataset(X, y, feature_name=names, categorical_feature=CODEC.categorical_indices(), free_raw_data=False)
         estimator = lgb.train(p, data, num_boost_round=rounds)
     elif model_type == "logreg":
         from sklearn.compose import ColumnTransformer
@@ -187,7 +161,7 @@ def fit(train: pd.DataFrame, model_type: str, params: dict[str, Any]) -> dict[st
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-        cats = categorical_indices()
+        cats = CODEC.categorical_indices()
         nums = [i for i in range(len(names)) if i not in cats]
         prep = ColumnTransformer([
             ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"),
@@ -212,7 +186,7 @@ def importance(artifact: dict[str, Any]) -> dict[str, float]:
 
 def evaluate(artifact: dict[str, Any], holdout: pd.DataFrame) -> tuple[dict[str, float], np.ndarray]:
     """Metrics on the holdout, and the scores they came from."""
-    scores = predict(artifact, encode_frame(holdout))
+    scores = predict(artifact, CODEC.encode_frame(holdout))
     return metrics(holdout[LABEL].to_numpy(), scores), scores
 
 
@@ -220,7 +194,11 @@ def self_check_rows(artifact: dict[str, Any], holdout: pd.DataFrame, n: int = SE
     """Sample rows with the scores the model gives them through the serving encoder."""
     sample = holdout.sample(n=min(n, len(holdout)), random_state=0)
     rows = feature_rows(sample)
-    scores = predict(artifact, RowEncoder().matrix(rows))
+    encoded = CODEC.matrix(rows)  # checked by the rules the server applies to requests
+    if encoded is None:
+        problems = [e["msg"] for r in rows for e in CODEC.errors(r, ("features",))]
+        raise TrainError(f"self-check rows break the feature schema: {problems[:5]}")
+    scores = predict(artifact, encoded)
     return [{"features": r, "expected": float(s)} for r, s in zip(rows, scores, strict=True)]
 
 
@@ -228,7 +206,10 @@ def verify_self_check(artifact: dict[str, Any], rows: list[dict], tolerance: flo
     """Re-score the stored rows; raise if any score moved (a broken artifact or library)."""
     if not rows:
         raise TrainError("the artifact has no self-check rows")
-    got = predict(artifact, RowEncoder().matrix([r["features"] for r in rows]))
+    encoded = CODEC.matrix([r["features"] for r in rows])
+    if encoded is None:
+        raise TrainError("self-check rows break the feature schema")
+    got = predict(artifact, encoded)
     expected = np.array([r["expected"] for r in rows])
     worst = float(np.max(np.abs(got - expected)))
     if worst > tolerance:
@@ -344,7 +325,7 @@ def run(engine: Engine | None, registry: Registry, experiments_log: Path, config
 
     version = new_version(started)
     commit, dirty = git_state()
-    train_scores = predict(artifact, encode_frame(train))
+    train_scores = predict(artifact, CODEC.encode_frame(train))
     meta = {
         "version": version,
         "created_at": started.isoformat(timespec="seconds"),

@@ -10,5 +10,5 @@ SELECT e.user_id,
        MAX(e.ts)                                                                  AS last_event_at
 FROM events e
 WHERE e.ts < :as_of
-  AND e.user_id BETWEEN :first_user AND :last_user
+  AND e.user_id BETWEEN :first_key AND :last_key
 GROUP BY e.user_id

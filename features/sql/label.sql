@@ -3,5 +3,5 @@ SELECT o.user_id, COUNT(*) AS orders_next_7d
 FROM orders o
 WHERE o.ts >= :as_of
   AND o.ts < :label_end
-  AND o.user_id BETWEEN :first_user AND :last_user
+  AND o.user_id BETWEEN :first_key AND :last_key
 GROUP BY o.user_id

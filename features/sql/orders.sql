@@ -6,5 +6,5 @@ SELECT o.user_id,
        MAX(o.ts)                                                   AS last_order_at
 FROM orders o
 WHERE o.ts < :as_of
-  AND o.user_id BETWEEN :first_user AND :last_user
+  AND o.user_id BETWEEN :first_key AND :last_key
 GROUP BY o.user_id

@@ -12,13 +12,20 @@ from fastapi.testclient import TestClient
 
 from features.build import build_training_frame, feature_rows, training_as_of_dates
 from features.db import make_engine
-from features.encode import encode_frame
-from features.schema import FEATURE_NAMES
+from features.codec import CODEC
+from features.schema import FEATURE_NAMES, FEATURES
+from features.spec import SPEC
 from monitoring import metrics as prom
 from serve.app import create_app
 from stack.settings import Settings
-from tests.conftest import copy_registry
+from tests.conftest import EXPECT, KEY, copy_registry, some_keys
 from train.artifact import predict
+
+# features of each kind, from whatever domain the spec describes
+NUM = next(f for f in FEATURES if f.kind == "numeric" and not f.nullable)
+NUM2 = [f for f in FEATURES if f.kind == "numeric" and not f.nullable][-1]
+CAT = next(f for f in FEATURES if f.kind == "categorical")
+NULLABLE = [f for f in FEATURES if f.nullable]
 
 
 def settings_for(registry, db_url: str, tmp_path, **extra) -> Settings:
@@ -42,7 +49,7 @@ def holdout(small_sqlite_url):
 def test_scores_equal_the_models_own_predictions(client, small_models, holdout):
     registry, v1, _ = small_models
     artifact, _ = registry.load(v1)
-    expected = predict(artifact, encode_frame(holdout))
+    expected = predict(artifact, CODEC.encode_frame(holdout))
     rows = feature_rows(holdout)
     single = [client.post("/predict", json={"features": r}).json() for r in rows[:20]]
     assert all(s["model_version"] == v1 and s["variant"] is None for s in single)
@@ -53,10 +60,11 @@ def test_scores_equal_the_models_own_predictions(client, small_models, holdout):
 
 
 def test_nullable_features_may_be_null_or_absent(client, holdout):
+    assert NULLABLE, "the spec has no nullable feature; this test needs one"
     row = feature_rows(holdout)[0]
-    row["days_since_last_order"] = None
+    row[NULLABLE[0].name] = None
     assert client.post("/predict", json={"features": row}).status_code == 200
-    del row["days_since_last_event"]
+    del row[NULLABLE[-1].name]
     assert client.post("/predict", json={"features": row}).status_code == 200
 
 
@@ -66,17 +74,20 @@ def _valid(holdout) -> dict:
 
 BAD = [
     ("unknown field", lambda r: {"features": {**r, "colour": "red"}}, 422, "features.colour: unknown feature"),
-    ("wrong type", lambda r: {"features": {**r, "events_7d": "many"}}, 422, "features.events_7d: must be a number"),
-    ("bool is no number", lambda r: {"features": {**r, "events_7d": True}}, 422, "features.events_7d: must be a number"),
-    ("below range", lambda r: {"features": {**r, "orders_30d": -1}}, 422, "features.orders_30d: must be >= 0"),
-    ("above range", lambda r: {"features": {**r, "account_age_days": 1e9}}, 422, "features.account_age_days: must be <= 36500"),
-    ("unknown category", lambda r: {"features": {**r, "device": "fax"}}, 422, "features.device: must be one of"),
-    ("null required", lambda r: {"features": {**r, "country": None}}, 422, "features.country: is required"),
-    ("missing features", lambda r: {"user_id": "u1"}, 422, "features: field required"),
+    ("wrong type", lambda r: {"features": {**r, NUM.name: "many"}}, 422, f"features.{NUM.name}: must be a number"),
+    ("bool is no number", lambda r: {"features": {**r, NUM.name: True}}, 422, f"features.{NUM.name}: must be a number"),
+    ("below range", lambda r: {"features": {**r, NUM.name: NUM.minimum - 1}}, 422,
+     f"features.{NUM.name}: must be >= {NUM.minimum:g}"),
+    ("above range", lambda r: {"features": {**r, NUM2.name: NUM2.maximum * 10 + 1}}, 422,
+     f"features.{NUM2.name}: must be <= {NUM2.maximum:g}"),
+    ("unknown category", lambda r: {"features": {**r, CAT.name: "fax"}}, 422, f"features.{CAT.name}: must be one of"),
+    ("null required", lambda r: {"features": {**r, CAT.name: None}}, 422, f"features.{CAT.name}: is required"),
+    ("missing features", lambda r: {"user_id": SPEC.entity.example}, 422, "features: field required"),
     ("unknown top-level", lambda r: {"features": r, "extra": 1}, 422, "extra: unknown field"),
     ("features not object", lambda r: {"features": [1, 2]}, 422, "features: must be an object"),
     ("body not object", lambda r: [r], 422, "the body must be a JSON object"),
-    ("user_id type", lambda r: {"features": r, "user_id": {"id": 1}}, 422, "user_id: must be a string"),
+    ("user_id type", lambda r: {"features": r, "user_id": {"id": 1}}, 422, f"user_id: must be a{'n integer' if SPEC.entity.type == 'integer' else ''} {SPEC.entity.name} id"),
+    ("user_id empty", lambda r: {"features": r, "user_id": ""}, 422, "user_id: must be a"),
 ]
 
 
@@ -90,10 +101,10 @@ def test_bad_input_names_the_field(client, holdout, name, make, status, message)
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_name_the_field(client, holdout, literal):
     row = _valid(holdout)
-    text = json.dumps({"features": {**row, "events_30d": 0.0}}).replace('"events_30d": 0.0', f'"events_30d": {literal}')
+    text = json.dumps({"features": {**row, NUM.name: 0.0}}).replace(f'"{NUM.name}": 0.0', f'"{NUM.name}": {literal}')
     response = client.post("/predict", content=text, headers={"content-type": "application/json"})
     assert response.status_code == 422
-    assert "features.events_30d: must be a finite number" in response.text
+    assert f"features.{NUM.name}: must be a finite number" in response.text
 
 
 def test_invalid_json_is_400(client):
@@ -111,16 +122,17 @@ def test_batch_limits(client, holdout):
     rows = feature_rows(holdout)
     assert client.post("/predict/batch", json={"rows": rows[:51]}).status_code == 413
     assert client.post("/predict/batch", json={"rows": []}).status_code == 422
-    bad = [*rows[:3], {**rows[3], "carts_7d": -5}]
+    bad = [*rows[:3], {**rows[3], NUM.name: NUM.minimum - 5}]
     response = client.post("/predict/batch", json={"rows": bad})
-    assert response.status_code == 422 and "rows.3.carts_7d: must be >= 0" in response.text
+    assert response.status_code == 422 and f"rows.3.{NUM.name}: must be >= {NUM.minimum:g}" in response.text
 
 
 def test_no_bad_input_gets_a_500(client, holdout):
     row = _valid(holdout)
     bodies = [b"", b"null", b"1", b'"x"', b"[]", b"{}", b'{"features": null}', b'{"features": {}}',
-              json.dumps({"features": {**row, "events_7d": 1e308}}).encode(),
-              b'{"features": {"country": "US", "events_7d": 1e999}}', "\u00ff".encode("latin-1")]
+              json.dumps({"features": {**row, NUM.name: 1e308}}).encode(),
+              json.dumps({"features": {CAT.name: CAT.values[0]}}).encode()[:-2] + f', "{NUM.name}": 1e999}}}}'.encode(),
+              "\u00ff".encode("latin-1")]
     for path in ("/predict", "/predict/batch"):
         for body in bodies:
             response = client.post(path, content=body, headers={"content-type": "application/json"})
@@ -141,19 +153,56 @@ def test_health_ready_model_docs(client, small_models):
     assert body["schema"]["properties"]["features"]["additionalProperties"] is False
 
 
-def test_predict_by_user(client, small_demo):
-    user = small_demo.users["user_id"].iloc[5]
-    response = client.post(f"/predict/user/{user}")
+def test_predict_by_user(client, holdout):
+    key = holdout[KEY].iloc[5]
+    response = client.post(f"/predict/user/{key}")
     assert response.status_code == 200 and 0 <= response.json()["score"] <= 1
-    missing = client.post("/predict/user/u999999")
-    assert missing.status_code == 404 and "u999999" in missing.text
+    missing = client.post(f"/predict/user/{EXPECT.MISSING_KEY}")
+    assert missing.status_code == 404 and str(EXPECT.MISSING_KEY) in missing.text
+
+
+def test_an_unparsable_path_id_is_422_never_another_entity(client):
+    bad = ["x" * 65] + (["12abc", "1.5", "99999999999999999999"] if SPEC.entity.type == "integer" else [])
+    for raw in bad:
+        response = client.post(f"/predict/user/{raw}")
+        assert response.status_code == 422, (raw, response.text)
+        detail = response.json()["detail"][0]
+        assert detail["loc"] == ["path", "user_id"] and "user_id: must be" in detail["msg"]
+        assert len(response.text) < 1000  # a long id is not echoed in full
+
+
+def test_database_rows_that_break_the_schema_are_refused_and_counted(small_models, tmp_path, holdout, small_demo):
+    """/predict refuses an unknown category with 422; so does /predict/user when the database holds one."""
+    from features.db import make_engine as engine_for
+    from tests.conftest import demo
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    demo.load(engine_for(url), small_demo)
+    registry = small_models[0]
+    key = holdout[KEY].iloc[0]
+    source = SPEC.features[[f.name for f in FEATURES].index(CAT.name)].derivation[1][0]
+    spine = SPEC.entity.table
+    with engine_for(url).begin() as conn:
+        changed = conn.execute(sa.text(f"UPDATE {spine} SET {source} = 'not-a-known-value' WHERE {KEY} = :k"),
+                               {"k": key}).rowcount
+    assert changed == 1, f"this test edits {spine}.{source}; the spine must hold the categorical's column"
+    counter = prom.ONLINE_FEATURE_VIOLATIONS.labels(CAT.name)
+    before = counter._value.get()
+    with TestClient(create_app(settings_for(registry, url, tmp_path))) as c:
+        response = c.post(f"/predict/user/{key}")
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert detail[0]["loc"] == ["database", "features", CAT.name] and "not-a-known-value" in detail[0]["msg"]
+        other = holdout[KEY].iloc[1]
+        assert c.post(f"/predict/user/{other}").status_code == 200
+    assert counter._value.get() == before + 1
 
 
 def test_database_down_is_503_while_predict_works(small_models, tmp_path, holdout):
     registry, _, _ = small_models
     dead = "postgresql+psycopg://postgres@127.0.0.1:1/nope"
     with TestClient(create_app(settings_for(registry, dead, tmp_path))) as c:
-        response = c.post("/predict/user/u000001")
+        response = c.post(f"/predict/user/{EXPECT.SAMPLE_KEY}")
         assert response.status_code == 503 and "database is unavailable" in response.text
         assert c.post("/predict", json={"features": _valid(holdout)}).status_code == 200
 
@@ -224,14 +273,14 @@ experiment:
     row = _valid(holdout)
     with TestClient(create_app(settings_for(registry, small_sqlite_url, tmp_path))) as c:
         seen = {}
-        for i in range(200):
-            user = f"u{i:06d}"
+        for user in some_keys(200):
             out = c.post("/predict", json={"features": row, "user_id": user}).json()
-            seen[user] = (out["variant"], out["model_version"])
+            seen[SPEC.entity.canonical(user)] = (out["variant"], out["model_version"])
             assert out["model_version"] == {"control": v1, "small-trees": v2}[out["variant"]]
         assert {v for v, _ in seen.values()} == {"control", "small-trees"}
-        again = c.post("/predict", json={"features": row, "user_id": "u000042"}).json()
-        assert (again["variant"], again["model_version"]) == seen["u000042"]  # sticky
+        sticky = some_keys(200)[42]
+        again = c.post("/predict", json={"features": row, "user_id": sticky}).json()
+        assert (again["variant"], again["model_version"]) == seen[SPEC.entity.canonical(sticky)]
         assert c.post("/predict", json={"features": row}).json()["variant"] is None
         assert c.get("/model").json()["experiment"]["name"] == "leaves"
     # the writer flushed on shutdown
@@ -268,31 +317,8 @@ def test_exposures_lost_when_the_database_is_down_never_fail_a_prediction(small_
     row = _valid(holdout)
     with TestClient(create_app(settings_for(registry, dead, tmp_path))) as c:
         t0 = time.perf_counter()
-        answers = [c.post("/predict", json={"features": row, "user_id": f"u{i:06d}"}) for i in range(100)]
+        answers = [c.post("/predict", json={"features": row, "user_id": k}) for k in some_keys(100)]
         elapsed = time.perf_counter() - t0
         assert all(a.status_code == 200 and a.json()["variant"] in {"a", "b"} for a in answers)
     assert elapsed < 10  # no request waited on the dead database (each would take seconds)
     assert lost._value.get() - before == 100
-
-
-def test_batch_and_single_fast_paths_agree_with_the_rule_by_rule_validator(holdout):
-    """The one-pass encoders accept exactly what FeatureValidator accepts, and encode like RowEncoder."""
-    from features.encode import RowEncoder
-    from serve.validation import CheckedEncoder, FeatureValidator
-
-    checked, validator, encoder = CheckedEncoder(), FeatureValidator(), RowEncoder()
-    good = feature_rows(holdout)[:20]
-    good[0]["days_since_last_order"] = None
-    good[1].pop("days_since_last_event")
-    X = checked.matrix(good)
-    np.testing.assert_array_equal(X, encoder.matrix(good))
-    np.testing.assert_array_equal(np.array([checked.row(r) for r in good]), X)
-    base = good[2]
-    variants = [{**base, "events_7d": v} for v in (-1, 1e7, float("nan"), float("inf"), True, "3", None, 10**400, [1])]
-    variants += [{**base, "device": v} for v in ("fax", None, 1, ["ios"])]
-    variants += [{**base, "days_since_last_event": v} for v in (float("nan"), float("-inf"), -1, "7", False)]
-    variants += [{**base, "extra": 1}, "not a dict", {k: v for k, v in base.items() if k != "country"}]
-    for bad in variants:
-        assert validator.errors(bad, ("f",)), bad
-        assert checked.row(bad) is None, bad
-        assert checked.matrix([base, bad]) is None, bad

@@ -22,11 +22,12 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, func, select
 
-from features import tables
 from features.db import DatabaseError, check_connection, is_sqlite, make_engine, redact
-from features.schema import CHANNELS, COUNTRIES, DEVICES
+from features.demo import tables
+from features.schema import BY_NAME
 
-USERS_PER_SCALE = 20_000
+ENTITIES_PER_SCALE = 20_000  # loader contract: entities per unit of --scale
+COUNTRIES, DEVICES, CHANNELS = (BY_NAME[n].values for n in ("country", "device", "channel"))
 DAYS = 150
 
 _COUNTRY_P = (0.35, 0.12, 0.12, 0.10, 0.11, 0.12, 0.08)
@@ -57,7 +58,7 @@ def generate(scale: float = 1.0, seed: int = 42, end: datetime | None = None) ->
     end = end or default_end()
     start = end - timedelta(days=DAYS)
     rng = np.random.default_rng(seed)
-    n = max(int(USERS_PER_SCALE * scale), 10)
+    n = max(int(ENTITIES_PER_SCALE * scale), 10)
 
     country = rng.choice(len(COUNTRIES), n, p=_COUNTRY_P)
     device = rng.choice(len(DEVICES), n, p=_DEVICE_P)
@@ -246,5 +247,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def record_outcomes(engine: Engine, outcomes: list[tuple[str, datetime]]) -> int:
+    """Write simulated outcomes (spec.yml `outcome`: an order per (user, time)); how many.
+
+    Loader contract: `make ab-demo` and the A/B tests plant outcomes through this, so they work
+    for whatever domain the spec describes.
+    """
+    if not outcomes:
+        return 0
+    orders = tables.orders
+    with engine.begin() as conn:
+        next_id = (conn.execute(select(func.max(orders.c.order_id))).scalar() or 0) + 1
+        amounts = np.round(np.random.default_rng(len(outcomes)).lognormal(3.5, 0.6, len(outcomes)), 2)
+        conn.execute(orders.insert(), [
+            {"order_id": next_id + i, "user_id": key, "ts": ts, "amount": float(amount)}
+            for i, ((key, ts), amount) in enumerate(zip(outcomes, amounts, strict=True))])
+    return len(outcomes)
+
+
+def create_tables(engine: Engine) -> None:
+    """The app's tables, empty (loader contract: tests that write their own rows)."""
+    tables.metadata.create_all(engine)
+
+
+def describe(data: DemoData) -> str:
+    """One line about generated data (loader contract), e.g. for make ab-demo's progress."""
+    return (f"{len(data.users):,} users, {len(data.events):,} events, {len(data.orders):,} orders "
+            f"(until {data.events['ts'].max():%Y-%m-%d})")

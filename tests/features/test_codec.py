@@ -1,0 +1,84 @@
+"""One source of the rules: every path of features/codec.py gives the same verdict on a value.
+
+/predict (row), /predict/batch (matrix), the 422 messages (errors), the training frame check
+(frame_problems) and the self-check all read the same `Rule`s; here they are held to agree on
+valid rows and on a battery of bad values for a feature of each kind of the spec.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.build import build_training_frame, feature_rows, training_as_of_dates
+from features.codec import CODEC, safe_input
+from features.db import make_engine
+from features.schema import FEATURES
+
+NUM = next(f for f in FEATURES if f.kind == "numeric" and not f.nullable)
+CAT = next(f for f in FEATURES if f.kind == "categorical")
+NULLABLE = next(f for f in FEATURES if f.nullable)
+
+BAD_NUMBERS = (-1e12, 1e12, float("nan"), float("inf"), float("-inf"), True, "3", None, 10**400, [1])
+BAD_CATEGORIES = ("fax", None, 1, ["x"], True)
+BAD_NULLABLE = (float("nan"), float("-inf"), -1e12, "7", False)
+
+
+@pytest.fixture(scope="module")
+def rows(small_sqlite_url) -> list[dict]:
+    engine = make_engine(small_sqlite_url)
+    return feature_rows(build_training_frame(engine, training_as_of_dates(engine, 1)).head(20))
+
+
+def _bad_rows(base: dict) -> list:
+    out = [{**base, NUM.name: v} for v in BAD_NUMBERS]
+    out += [{**base, CAT.name: v} for v in BAD_CATEGORIES]
+    out += [{**base, NULLABLE.name: v} for v in BAD_NULLABLE]
+    out += [{**base, "extra": 1}, "not a dict", {k: v for k, v in base.items() if k != CAT.name}]
+    return out
+
+
+def test_valid_rows_encode_the_same_way_on_every_path(rows):
+    rows = [dict(r) for r in rows]
+    rows[0][NULLABLE.name] = None
+    rows[1].pop(NULLABLE.name)
+    X = CODEC.matrix(rows)
+    np.testing.assert_array_equal(X, CODEC.encode_rows(rows))
+    np.testing.assert_array_equal(np.array([CODEC.row(r) for r in rows]), X)
+    assert all(CODEC.errors(r, ("f",)) == [] for r in rows)
+    frame = pd.DataFrame([{n: r.get(n) for n in CODEC.names} for r in rows])
+    frame = CODEC.with_dtypes(frame)
+    assert CODEC.frame_problems(frame) == []
+    np.testing.assert_array_equal(CODEC.encode_frame(frame), X)
+
+
+@pytest.mark.parametrize("i", range(len(BAD_NUMBERS) + len(BAD_CATEGORIES) + len(BAD_NULLABLE) + 3))
+def test_a_bad_value_is_refused_by_every_path(rows, i):
+    base = rows[2]
+    bad = _bad_rows(base)[i]
+    errors = CODEC.errors(bad, ("f",))
+    assert errors, bad
+    assert CODEC.row(bad) is None, bad
+    assert CODEC.matrix([base, bad]) is None, bad
+    assert all(isinstance(e["msg"], str) and e["msg"].startswith("f") for e in errors)
+
+
+def test_the_training_frame_check_refuses_what_requests_may_not_carry(rows):
+    frame = CODEC.with_dtypes(pd.DataFrame([{n: r.get(n) for n in CODEC.names} for r in rows]))
+    cases = {
+        NUM.name: (frame.assign(**{NUM.name: NUM.minimum - 1}), "below"),
+        NUM.name + "-inf": (frame.assign(**{NUM.name: np.inf}), "infinity"),
+        NUM.name + "-null": (frame.assign(**{NUM.name: np.nan}), "missing values"),
+        CAT.name: (frame.assign(**{CAT.name: pd.Categorical(["fax"] * len(frame))}), "values ['fax']"),
+    }
+    for name, (bad, words) in cases.items():
+        problems = CODEC.frame_problems(bad)
+        assert any(words in p for p in problems), (name, problems)
+
+
+def test_echoed_input_is_json_safe_and_short():
+    assert safe_input(10**400) == "<integer of 401 digits>"
+    assert safe_input(float("nan")) == "nan"
+    assert len(safe_input("x" * 10_000)) < 100
+    assert safe_input([[[[1]]]]) == "<list>"
