@@ -10,6 +10,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from ab import analysis as ab_analysis
 from ab.analysis import analyse, count_arms, load_models, load_units
 from ab.config import ConfigError, config_path, load_experiment
 from ab.report import write_report
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     as_of = args.as_of or datetime.now(UTC).replace(tzinfo=None)
+    spec = ab_analysis.SPEC  # read here, at run time (tests may swap it)
+    outcome, entity = spec.outcome, spec.entity
 
     from stack.settings import get_settings
 
@@ -67,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         progress(f"querying exposures of {name!r} up to {as_of:%Y-%m-%d %H:%M} in {redact(url)}")
-        units = load_units(engine, name, until=as_of, since=since)
+        progress(
+            f"a unit converts with 1+ {outcome.noun} ({outcome.table}.{outcome.time}) within "
+            f"{outcome.window_days} days of its first exposure (features/spec.yml outcome)"
+        )
+        units = load_units(engine, name, until=as_of, since=since, outcome=outcome, entity=entity)
         served = load_models(engine, name, until=as_of, since=since)
     except (DatabaseError, sa.exc.SQLAlchemyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -78,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     if units.empty:
         print(f"error: no exposures for experiment {name!r} in {redact(url)}", file=sys.stderr)
         return 1
-    progress(f"{len(units):,} exposed units")
-    arms, unexpected, multi = count_arms(units, weights, as_of=as_of)
+    progress(f"{len(units):,} exposed units ({entity.name}s)")
+    arms, unexpected, multi = count_arms(units, weights, as_of=as_of, window=outcome.window)
     analysis = analyse(
         name,
         arms,
@@ -89,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline=args.baseline,
         unexpected=unexpected,
         multi_variant_units=multi,
+        outcome=outcome,
+        unit=entity.name,
     )
     report = write_report(
         analysis,

@@ -1,4 +1,8 @@
-"""Experiment analysis: exposures joined with orders in SQL, counts per variant, tests, a verdict."""
+"""Experiment analysis: exposures joined with the spec's outcome in SQL, counts per variant, tests, a verdict.
+
+What counts as a conversion comes from features/spec.yml `outcome`: a row of `outcome.table` for
+the unit (`outcome.key`) at `outcome.time` within `outcome.window_days` of its first exposure.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +23,9 @@ from ab.stats import (
     two_proportion_test,
     wilson_interval,
 )
-from features.tables import OUTCOME_TIME, OUTCOME_UNIT
+from features.spec import SPEC, Entity, Outcome
 
-CONVERSION_WINDOW = timedelta(
-    days=7
-)  # converted = an order in [first exposure, + 7 days): the label's horizon
-UNIT_COLUMNS = ["unit_id", "variant", "first_ts", "n_variants", "first_order_ts"]
+UNIT_COLUMNS = ["unit_id", "variant", "first_ts", "n_variants", "first_outcome_ts"]
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,13 @@ class Analysis:
     verdict: str = ""
     ready: bool = False  # SRM clean and every arm has the required sample
     winner: str | None = None  # the best significantly better treatment, once ready
+    outcome: Outcome = field(default_factory=lambda: SPEC.outcome)  # what a conversion is
+    unit: str = field(default_factory=lambda: SPEC.entity.name)  # what one unit is, in words
 
 
-def _scope(experiment: str, until: datetime, since: datetime | None) -> list[sa.ColumnElement[bool]]:
+def _scope(
+    experiment: str, until: datetime, since: datetime | None
+) -> list[sa.ColumnElement[bool]]:
     """The exposures of one experiment in [since, until)."""
     e = ab_exposures
     scope = [e.c.experiment == experiment, e.c.ts < until]
@@ -80,10 +85,23 @@ def _scope(experiment: str, until: datetime, since: datetime | None) -> list[sa.
 
 
 def load_units(
-    engine: sa.Engine, experiment: str, *, until: datetime, since: datetime | None = None
+    engine: sa.Engine,
+    experiment: str,
+    *,
+    until: datetime,
+    since: datetime | None = None,
+    outcome: Outcome | None = None,
+    entity: Entity | None = None,
 ) -> pd.DataFrame:
-    """One row per exposed unit: first exposure, its variant, variants seen, first order at or after it."""
-    # one portable query; the 7-day window is applied in pandas (count_arms), not in SQL
+    """One row per exposed unit: first exposure, its variant, variants seen, first outcome at or after it.
+
+    `outcome` (default: the spec's) names the table, key and time column of the outcome; `entity`
+    (default: the spec's) gives the key's type: ab_exposures.unit_id is text, so an integer key
+    is compared as BIGINT (Postgres has no text = bigint operator; SQLite would hide the mistake).
+    """
+    # one portable query; the conversion window is applied in pandas (count_arms), not in SQL
+    outcome = SPEC.outcome if outcome is None else outcome
+    entity = SPEC.entity if entity is None else entity
     e = ab_exposures
     scope = _scope(experiment, until, since)
     units = (
@@ -117,18 +135,20 @@ def load_units(
         .group_by(units.c.unit_id, units.c.first_ts, units.c.n_variants)
         .subquery("first_exposure")
     )
+    target = outcome_table(outcome)
+    key, time = target.c[outcome.key], target.c[outcome.time]
     query = (
         sa.select(
             first.c.unit_id,
             first.c.variant,
             first.c.first_ts,
             first.c.n_variants,
-            sa.func.min(OUTCOME_TIME).label("first_order_ts"),
+            sa.func.min(time).label("first_outcome_ts"),
         )
         .select_from(
             first.outerjoin(
-                OUTCOME_TIME.table,
-                sa.and_(first.c.unit_id == OUTCOME_UNIT, first.c.first_ts <= OUTCOME_TIME),
+                target,
+                sa.and_(unit_matches(first.c.unit_id, key, entity), first.c.first_ts <= time),
             )
         )
         .group_by(first.c.unit_id, first.c.variant, first.c.first_ts, first.c.n_variants)
@@ -137,10 +157,26 @@ def load_units(
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     frame = pd.DataFrame([tuple(r) for r in rows], columns=UNIT_COLUMNS)
-    for col in ("first_ts", "first_order_ts"):
+    for col in ("first_ts", "first_outcome_ts"):
         frame[col] = pd.to_datetime(frame[col])
     frame["n_variants"] = frame["n_variants"].astype("int64")
     return frame
+
+
+def outcome_table(outcome: Outcome | None = None) -> sa.TableClause:
+    """The outcome's table with the two columns the analysis reads (no app table definitions needed)."""
+    outcome = SPEC.outcome if outcome is None else outcome
+    return sa.table(outcome.table, sa.column(outcome.key), sa.column(outcome.time))
+
+
+def unit_matches(
+    unit_id: sa.ColumnElement, key: sa.ColumnElement, entity: Entity | None = None
+) -> sa.ColumnElement[bool]:
+    """ab_exposures.unit_id (text, the key's canonical form) = the outcome's key, in the key's type."""
+    entity = SPEC.entity if entity is None else entity
+    if entity.type == "integer":
+        return sa.cast(unit_id, sa.BigInteger) == key
+    return unit_id == key
 
 
 def load_models(
@@ -175,14 +211,20 @@ def count_arms(
     weights: dict[str, float],
     *,
     as_of: datetime,
-    window: timedelta = CONVERSION_WINDOW,
+    window: timedelta | None = None,
 ) -> tuple[list[ArmCounts], dict[str, int], int]:
-    """Per-variant counts (config order), unexpected variants' unit counts, and multi-variant units."""
+    """Per-variant counts (config order), unexpected variants' unit counts, and multi-variant units.
+
+    A unit converts when its first outcome lies in [first exposure, first exposure + window);
+    `window` defaults to the spec's outcome.window_days. Units whose window has not closed by
+    `as_of` count as assigned, not as mature.
+    """
+    window = SPEC.outcome.window if window is None else window
     multi = units["n_variants"] > 1
     clean = units[~multi]
     end = clean["first_ts"] + pd.Timedelta(window)
     mature = end <= pd.Timestamp(as_of)
-    converted = mature & clean["first_order_ts"].notna() & (clean["first_order_ts"] < end)
+    converted = mature & clean["first_outcome_ts"].notna() & (clean["first_outcome_ts"] < end)
     by_variant = pd.DataFrame(
         {"variant": clean["variant"], "mature": mature, "converted": converted}
     )
@@ -214,8 +256,14 @@ def analyse(
     baseline: float | None = None,
     unexpected: dict[str, int] | None = None,
     multi_variant_units: int = 0,
+    outcome: Outcome | None = None,
+    unit: str | None = None,
 ) -> Analysis:
-    """The statistics and the verdict from counts alone; arms[0] is the control."""
+    """The statistics and the verdict from counts alone; arms[0] is the control.
+
+    `outcome` and `unit` (default: the spec's outcome and entity name) only word the verdict and
+    the report: pass the same outcome whose window count_arms used.
+    """
     if len(arms) < 2:
         raise ValueError(f"an experiment needs at least 2 variants, got {[a.name for a in arms]}")
     unexpected = dict(unexpected or {})
@@ -257,6 +305,8 @@ def analyse(
         required_per_arm=required,
         unexpected=unexpected,
         multi_variant_units=multi_variant_units,
+        outcome=SPEC.outcome if outcome is None else outcome,
+        unit=unit or SPEC.entity.name,
     )
     text, ready, winner = verdict(analysis)
     return replace(analysis, verdict=text, ready=ready, winner=winner)
@@ -286,8 +336,8 @@ def verdict(a: Analysis) -> tuple[str, bool, str | None]:
     if smallest.counts.mature < a.required_per_arm:
         have = smallest.counts.mature
         return (
-            f"Too early to call: each variant needs {a.required_per_arm:,} units with a complete "
-            f"{CONVERSION_WINDOW.days}-day window to detect a difference of {a.mde * 100:.1f} "
+            f"Too early to call: each variant needs {a.required_per_arm:,} {a.unit}s with a "
+            f"complete {a.outcome.window_days}-day window to detect a difference of {a.mde * 100:.1f} "
             f"percentage points (alpha {a.alpha:g}, power {a.power:.0%}); {smallest.counts.name} "
             f"has {have:,} ({have / a.required_per_arm:.0%}). Keep it running and do not stop "
             f"early because the numbers look good now (see 'The peeking trap').",

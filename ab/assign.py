@@ -3,6 +3,10 @@
 bucket = fnv1a_32(str(fnv1a_32(utf8(salt + unit_id)))) % 10000, GrowthBook's "hash version 2".
 The second pass matters: one FNV-1a pass over sequential ids ("u000123") correlates the
 assignments of experiments with different salts (see tests/ab and ab/README.md).
+
+A unit is an entity key (features/spec.yml `entity`) in its type; assign() hashes its one
+canonical text form, SPEC.entity.canonical(key), so the integer 1 and the text "1" of an
+integer key are one unit, and ab_exposures.unit_id stores the same text.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from bisect import bisect_right
 from functools import lru_cache
 
 from ab.config import BUCKETS, Experiment, Variant
+from features.spec import SPEC
 
 FNV32_OFFSET_BASIS = 0x811C9DC5  # 2166136261
 FNV32_PRIME = 0x01000193  # 16777619
@@ -40,8 +45,13 @@ def bucket(salt: str, unit_id: str) -> int:
     return fnv1a_32(str(inner).encode("ascii")) % BUCKETS
 
 
-def assign(experiment: Experiment, unit_id: str) -> Variant:
-    """The unit's variant: the one whose contiguous bucket range (weights in config order) holds its bucket."""
+def assign(experiment: Experiment, unit_id: str | int) -> Variant:
+    """The unit's variant: the one whose contiguous bucket range (weights in config order) holds its bucket.
+
+    `unit_id` is a key in its type (as SPEC.entity.parse returns it); its canonical text is hashed.
+    """
     return experiment.variants[
-        bisect_right(experiment.bucket_ends, bucket(experiment.salt, unit_id))
+        bisect_right(
+            experiment.bucket_ends, bucket(experiment.salt, SPEC.entity.canonical(unit_id))
+        )
     ]

@@ -1,9 +1,10 @@
 """`python -m ab.demo` (make ab-demo): the whole A/B loop on demo data, in its own folder, in about a minute.
 
-Seed a small database, train two models, configure a 50/50 experiment, start the real server,
-send traffic (the server records the exposures), simulate a week of orders with a known lift,
-then run the same analysis as `python -m ab`. Nothing outside --workdir is read or written:
-not var/app.db, not var/models, not experiments/runs.csv.
+Seed a small database through the spec's loader, train two models, configure a 50/50 experiment,
+start the real server, send traffic (the server records the exposures), simulate the outcome
+window with a known lift (the loader's record_outcomes), then run the same analysis as
+`python -m ab`. Works for whatever domain features/spec.yml describes. Nothing outside --workdir
+is read or written: not var/app.db, not var/models, not experiments/runs.csv.
 """
 
 from __future__ import annotations
@@ -29,16 +30,16 @@ import numpy as np
 import sqlalchemy as sa
 import yaml
 
-from ab.analysis import CONVERSION_WINDOW
 from ab.config import CURRENT
 from ab.exposures import ab_exposures
 from deploy.local_scale import stop_process
+from features.spec import SPEC
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "ab-demo"
 CONTROL, CHALLENGER = "control", "challenger"
 MARKER = ".ab-demo"  # only a folder holding this file (or an empty one) is ever wiped
-CLIENTS = 8  # concurrent simulated users; the server runs 2 workers
+CLIENTS = 8  # concurrent simulated clients; the server runs 2 workers
 # One thread per model: on 2 shared cores LightGBM's default of 2 threads spins and crawls.
 CURRENT_PARAMS = {"num_threads": 1}
 CHALLENGER_PARAMS = {
@@ -53,12 +54,12 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Traffic:
-    """What the simulated users sent and what the server answered."""
+    """What the simulated entities (users, in the demo) sent and what the server answered."""
 
     requests: int  # answered with 200
     failures: list[str]
     variants: Counter[str]  # responses per variant
-    switched: int  # users who got two different variants (must be 0: assignment is sticky)
+    switched: int  # units that got two different variants (must be 0: assignment is sticky)
 
 
 class DemoError(RuntimeError):
@@ -94,9 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     from ab.__main__ import main as ab_main
 
     mde = args.mde or abs(args.lift) or 0.02  # an A/A run (--lift 0) is sized for 2 points
+    days = SPEC.outcome.window_days
     progress(
-        f"analysing as of {as_of:%Y-%m-%d %H:%M} UTC, 8 days after the traffic: every user's "
-        f"{CONVERSION_WINDOW.days}-day window has closed; sized for {mde * 100:.1f} points (python -m ab)"
+        f"analysing as of {as_of:%Y-%m-%d %H:%M} UTC, {days + 1} days after the traffic: every "
+        f"{SPEC.entity.name}'s {days}-day window has closed; sized for {mde * 100:.1f} points "
+        "(python -m ab)"
     )
     out = work / "ab"
     options = {
@@ -129,7 +132,7 @@ def run_experiment(
 
     engine = make_engine(db_url)
     try:
-        seed_database(engine, args.users, args.seed, progress)
+        seed_database(engine, args.entities, args.seed, progress)
         features = features_now(engine, progress)
         model_dir, config = work / "models", work / "experiment.yml"
         control, challenger = train_models(engine, model_dir, work / "runs.csv", progress)
@@ -154,7 +157,7 @@ def run_experiment(
         )
         if traffic.failures or traffic.switched:
             raise DemoError(
-                f"{len(traffic.failures)} requests failed, {traffic.switched} users switched "
+                f"{len(traffic.failures)} requests failed, {traffic.switched} {SPEC.entity.name}s switched "
                 f"variant; first failures: {traffic.failures[:3]}; see {server.log}"
             )
         recorded = count_exposures(engine)
@@ -187,26 +190,30 @@ def prepare_workdir(work: Path) -> None:
     (work / MARKER).write_text("made by python -m ab.demo; wiped on every run\n")
 
 
-def seed_database(engine: sa.Engine, users: int, seed: int, progress: Progress) -> None:
-    """Demo data with `users` users, ending at midnight today."""
-    from features import demo
-
-    data = demo.generate(scale=users / demo.USERS_PER_SCALE, seed=seed)
-    demo.load(engine, data)
-    progress(
-        f"seeded {engine.url.database}: {len(data.users):,} users, {len(data.events):,} events, "
-        f"{len(data.orders):,} orders (until {data.events['ts'].max():%Y-%m-%d})"
-    )
+def seed_database(engine: sa.Engine, entities: int, seed: int, progress: Progress) -> None:
+    """The loader's data (spec.yml `loader`) with about `entities` entities, ending where it ends them."""
+    loader = SPEC.load_loader()
+    data = loader.generate(scale=entities / loader.ENTITIES_PER_SCALE, seed=seed, end=None)
+    loader.load(engine, data)
+    progress(f"seeded {engine.url.database} ({SPEC.loader}): {loader.describe(data)}")
 
 
 def features_now(engine: sa.Engine, progress: Progress) -> dict[str, dict]:
-    """Every user's features as of now, in one batch: the SQL the server runs for one user."""
+    """Every entity's features as of now, in one batch: the SQL the server runs for one entity.
+
+    Keyed by the canonical text of each key (SPEC.entity.canonical): what the demo sends as
+    `user_id`, what assignment hashes and what ab_exposures.unit_id stores.
+    """
     from features.build import build_training_frame, feature_rows
 
     now = datetime.now(UTC).replace(tzinfo=None)
-    frame = build_training_frame(engine, [now])  # its label (the future week) is unknown: unused
-    rows = dict(zip(frame["user_id"], feature_rows(frame), strict=True))
-    progress(f"computed the features of {len(rows):,} users as of now (features.build, one batch)")
+    frame = build_training_frame(engine, [now])  # its label (the future window) is unknown: unused
+    keys = [SPEC.entity.canonical(key) for key in frame[SPEC.entity.key].tolist()]
+    rows = dict(zip(keys, feature_rows(frame), strict=True))
+    progress(
+        f"computed the features of {len(rows):,} {SPEC.entity.name}s as of now "
+        "(features.build, one batch)"
+    )
     return rows
 
 
@@ -309,7 +316,10 @@ class DemoServer:
 
 
 def send_traffic(port: int, features: dict[str, dict], seed: int, progress: Progress) -> Traffic:
-    """Each user visits 1-3 times (shuffled): POST /predict {features, user_id}, CLIENTS at a time."""
+    """Each entity visits 1-3 times (shuffled): POST /predict {features, user_id}, CLIENTS at a time.
+
+    `features` is keyed by the canonical text of each key; that text is sent as `user_id`.
+    """
     rng = np.random.default_rng(seed)
     user_ids = sorted(features)
     visits = [
@@ -319,7 +329,7 @@ def send_traffic(port: int, features: dict[str, dict], seed: int, progress: Prog
     ]
     visits = [visits[i] for i in rng.permutation(len(visits))]
     progress(
-        f"sending {len(visits):,} requests from {len(user_ids):,} users "
+        f"sending {len(visits):,} requests from {len(user_ids):,} {SPEC.entity.name}s "
         f"(POST /predict with user_id, {CLIENTS} at a time)"
     )
     local = threading.local()
@@ -362,7 +372,7 @@ def send_traffic(port: int, features: dict[str, dict], seed: int, progress: Prog
     switched = sum(len(v) > 1 for v in seen.values())
     progress(
         f"  {len(visits):,} requests in {seconds:.1f}s ({len(visits) / seconds:,.0f}/s); "
-        f"{len(failures)} failed; every user kept one variant: {switched == 0}"
+        f"{len(failures)} failed; every {SPEC.entity.name} kept one variant: {switched == 0}"
     )
     return Traffic(len(visits) - len(failures), failures, variants, switched)
 
@@ -384,10 +394,10 @@ def count_exposures(engine: sa.Engine) -> Counter[str]:
 def simulate_outcomes(
     engine: sa.Engine, base_rate: float, lift: float, seed: int, progress: Progress
 ) -> datetime:
-    """Orders in the week after each user's first exposure: base_rate for control, + lift for the
-    challenger. The week lies in the future, so the analysis must run as of then: returns that time."""
-    from features.tables import orders
-
+    """Outcomes (spec.yml `outcome`, e.g. orders) in the window after each unit's first exposure:
+    base_rate for control, + lift for the challenger, written through the loader's record_outcomes.
+    The window lies in the future, so the analysis must run as of then: returns that time."""
+    window, noun, name = SPEC.outcome.window, SPEC.outcome.noun, SPEC.entity.name
     e = ab_exposures
     query = (
         sa.select(e.c.unit_id, sa.func.min(e.c.ts), sa.func.min(e.c.variant))
@@ -397,30 +407,32 @@ def simulate_outcomes(
     )
     with engine.connect() as conn:
         first = conn.execute(query).all()
-        next_id = (conn.execute(sa.select(sa.func.max(orders.c.order_id))).scalar() or 0) + 1
     rng = np.random.default_rng(seed + 1)
     draws = rng.random(len(first))
-    # strictly inside [first exposure, + 7 days): an order at exactly 7 days would not count
-    delays = rng.uniform(0, CONVERSION_WINDOW.total_seconds() - 1, len(first))
-    amounts = np.round(rng.lognormal(3.5, 0.6, len(first)), 2)
-    rows: list[dict] = []
+    # strictly inside [first exposure, + window): an outcome at exactly the window's end would not count
+    delays = rng.uniform(0, window.total_seconds() - 1, len(first))
+    outcomes: list[tuple[str | int, datetime]] = []
     converted: Counter[str] = Counter()
-    for (unit, ts, variant), draw, delay, amount in zip(first, draws, delays, amounts, strict=True):
+    for (unit, ts, variant), draw, delay in zip(first, draws, delays, strict=True):
         if draw < base_rate + (lift if variant == CHALLENGER else 0.0):
-            order_ts = ts + timedelta(seconds=float(delay))
-            order = {"order_id": next_id + len(rows), "user_id": unit, "ts": order_ts}
-            rows.append({**order, "amount": float(amount)})
+            # unit_id is the key's canonical text: the loader gets the key in its own type
+            outcomes.append((SPEC.entity.parse(unit), ts + timedelta(seconds=float(delay))))
             converted[variant] += 1
-    with engine.begin() as conn:
-        if rows:
-            conn.execute(sa.insert(orders), rows)
+    written = SPEC.load_loader().record_outcomes(engine, outcomes)
+    if written != len(outcomes):
+        raise DemoError(
+            f"{SPEC.loader}.record_outcomes wrote {written} of {len(outcomes)} simulated "
+            f"{noun}s; the loader contract says it returns how many it wrote"
+        )
     progress(
-        f"simulated the week after each first exposure (orders dated in the coming week): "
-        f"{len(rows):,} orders from {len(first):,} exposed users ({_fmt(converted)}); "
+        f"simulated the {SPEC.outcome.window_days} days after each first exposure "
+        f"({SPEC.loader}.record_outcomes into {SPEC.outcome.table}, dated in the coming days): "
+        f"{len(outcomes):,} {noun}s "
+        f"from {len(first):,} exposed {name}s ({_fmt(converted)}); "
         f"p = {base_rate:.1%} control, {base_rate + lift:.1%} challenger"
     )
     last = max(ts for _, ts, _ in first)
-    return (last + CONVERSION_WINDOW + timedelta(days=1)).replace(second=0, microsecond=0)
+    return (last + window + timedelta(days=1)).replace(second=0, microsecond=0)
 
 
 def _request(
@@ -466,15 +478,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--users",
+        "--entities",
+        dest="entities",
         type=_at_least(200),
         default=4000,
-        help="users in the demo database, each visits 1-3 times (default: 4000)",
+        help=f"{SPEC.entity.name}s in the demo database, each visits 1-3 times (default: 4000)",
     )
     p.add_argument(
         "--base-rate",
         type=_rate,
         default=0.05,
-        help="control's chance to order in the week after exposure (default: 0.05)",
+        help=f"control's chance of 1+ {SPEC.outcome.noun} in the {SPEC.outcome.window_days} days "
+        "after exposure (default: 0.05)",
     )
     p.add_argument(
         "--lift",

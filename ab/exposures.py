@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from features.db import make_engine
+from features.spec import SPEC
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ ab_exposures = sa.Table(
     sa.Index("ix_ab_exposures_experiment_unit_ts", "experiment", "unit_id", "ts"),
 )
 
-_Row = tuple[float, str, str, str, str]  # (unix time, experiment, unit_id, variant, model_version)
+# (unix time, experiment, unit key as given, variant, model_version); the key becomes its canonical
+# text (SPEC.entity.canonical) when the batch is written, off the request path
+_Row = tuple[float, str, str | int, str, str]
 
 
 def create_table(engine: sa.Engine, attempts: int = 3) -> None:
@@ -118,8 +121,8 @@ class ExposureWriter:
         self._engine: sa.Engine | None = None
         self._table_ready = False
 
-    def record(self, experiment: str, unit_id: str, variant: str, model_version: str) -> None:
-        """Queue one exposure: O(1), no I/O, never raises."""
+    def record(self, experiment: str, unit_id: str | int, variant: str, model_version: str) -> None:
+        """Queue one exposure: O(1), no I/O, never raises; unit_id is a key in its type (parsed)."""
         try:
             if self._thread is None:
                 self._start()
@@ -227,11 +230,12 @@ class ExposureWriter:
         if not self._table_ready:
             create_table(engine)
             self._table_ready = True
+        canonical = SPEC.entity.canonical
         rows = [
             {
                 "ts": datetime.fromtimestamp(t, UTC).replace(tzinfo=None),
                 "experiment": e,
-                "unit_id": u,
+                "unit_id": None if u is None else canonical(u),  # None: NOT NULL refuses it
                 "variant": v,
                 "model_version": m,
             }

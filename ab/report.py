@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state (Agg canvas)
 
-from ab.analysis import CONVERSION_WINDOW, Analysis, fmt_pct, fmt_pp
+from ab.analysis import Analysis, fmt_pct, fmt_pp
 
 
 def write_report(
@@ -55,8 +55,8 @@ def render_markdown(
     served: pd.DataFrame | None,
     chart: str,
 ) -> str:
-    """The report as Markdown text."""
-    days = CONVERSION_WINDOW.days
+    """The report as Markdown text; the outcome and unit wording come from the analysis (the spec)."""
+    days, noun, unit = a.outcome.window_days, a.outcome.noun, a.unit
     conf = 1 - a.alpha
     total = sum(r.counts.units for r in a.arms)
     wsum = sum(r.counts.weight for r in a.arms)
@@ -64,8 +64,9 @@ def render_markdown(
         f"# A/B report: {a.experiment}",
         "",
         f"Exposures {'from ' + _ts(since) + ' ' if since else ''}up to {_ts(as_of)} UTC in `{database}`. "
-        f"A unit converts when it places at least one order in the {days} days from its first "
-        f"exposure; units whose {days} days have not ended yet count in the ratio check only.",
+        f"A unit (one {unit}) converts when it has at least one {noun} (a row of "
+        f"`{a.outcome.table}`) in the {days} days from its first exposure; units whose {days} days "
+        "have not ended yet count in the ratio check only.",
         "",
         "## Verdict",
         "",
@@ -196,7 +197,10 @@ def write_chart(a: Analysis, path: Path) -> None:
             va="bottom",
             fontsize=8,
         )
-    ax.set_ylabel(f"converted within {CONVERSION_WINDOW.days} days (%)")
+    ax.set_ylabel(
+        f"{a.unit}s with 1+ {a.outcome.noun} within {a.outcome.window_days} days of exposure (%)",
+        fontsize=9,
+    )
     top = max((r + h for r, h in zip(rates, high, strict=True)), default=1.0)
     ax.set_ylim(0, max(top * 1.25, 1.0))
     if a.srm.flagged or a.unexpected:
@@ -206,7 +210,8 @@ def write_chart(a: Analysis, path: Path) -> None:
     else:
         status = f"winner: {a.winner}" if a.winner else "no winner"
     ax.set_title(
-        f"{a.experiment}: conversion per variant, {(1 - a.alpha) * 100:g}% CI ({status})",
+        f"{a.experiment}: {a.outcome.noun} conversion per variant, {(1 - a.alpha) * 100:g}% CI "
+        f"({status})",
         fontsize=10,
     )
     ax.spines[["top", "right"]].set_visible(False)

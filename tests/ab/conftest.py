@@ -1,13 +1,15 @@
-"""Fixtures for the A/B tests: the demo app tables in a temp SQLite file and a throwaway Postgres database."""
+"""Fixtures for the A/B tests: the spec's app tables (through its loader) in a temp SQLite file
+and in a throwaway Postgres database."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from types import ModuleType
 
 import pytest
 import sqlalchemy as sa
 
-from features import tables
+from features.spec import SPEC
 from tests.conftest import throwaway_database
 
 
@@ -26,25 +28,26 @@ def ab_sqlite_url(tmp_path) -> str:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def ab_db_url(request) -> Iterator[str]:
-    """The same test on SQLite and on real Postgres; tables of the test are dropped afterwards."""
+    """The same test on SQLite and on real Postgres; every table a test made is dropped afterwards."""
     url = request.getfixturevalue(
         "ab_sqlite_url" if request.param == "sqlite" else "ab_postgres_url"
     )
     yield url
     if request.param == "postgres":
         engine = sa.create_engine(url)
-        with engine.begin() as conn:
-            for table in ("ab_exposures", "orders", "events", "users"):
-                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        existing = sa.MetaData()
+        existing.reflect(engine)
+        existing.drop_all(engine)
         engine.dispose()
 
 
 @pytest.fixture
-def make_app_tables() -> Callable[[sa.Engine], dict[str, sa.Table]]:
-    """Create the app's users/events/orders (features/tables.py) on an engine; the tables by name."""
+def loader() -> ModuleType:
+    """The spec's loader module (features/spec.yml `loader`): creates tables, records outcomes."""
+    return SPEC.load_loader()
 
-    def create(engine: sa.Engine) -> dict[str, sa.Table]:
-        tables.metadata.create_all(engine)
-        return {t.name: t for t in tables.APP_TABLES}
 
-    return create
+@pytest.fixture
+def make_app_tables(loader) -> Callable[[sa.Engine], None]:
+    """Create the app's tables, empty, on an engine (loader contract: create_tables)."""
+    return loader.create_tables

@@ -12,6 +12,7 @@ from scipy.stats import chi2_contingency, chisquare
 
 from ab.assign import assign, bucket, fnv1a_32
 from ab.config import parse_experiment
+from features.spec import SPEC
 
 IDS = [f"u{i:06d}" for i in range(100_000)]
 
@@ -186,3 +187,14 @@ def test_assign_is_fast_enough_for_the_request_path():
     for unit in IDS[:20_000]:
         assign(exp, unit)
     assert time.perf_counter() - start < 1.0  # about 2 us each: a sanity bound, not a benchmark
+
+
+def test_a_key_is_hashed_as_its_canonical_text():
+    # an integer key arrives parsed (1) or as text ("1"): one unit, one bucket, one variant
+    exp = experiment("canonical", 50, 50)
+    for k in (1, 42, 2**40 + 3, 10**18):
+        assert assign(exp, k) is assign(exp, str(k)) is assign(exp, SPEC.entity.canonical(k))
+    integer = SPEC.entity.model_copy(update={"type": "integer"})
+    assert assign(exp, integer.parse("0042")) is assign(exp, integer.parse(42)) is assign(exp, "42")
+    # string keys are hashed as they are: the pinned vectors above still hold
+    assert bucket("exp-1", SPEC.entity.canonical("u000123")) == 1185
