@@ -7,6 +7,7 @@ here from the spec and bound as parameters.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -217,3 +218,34 @@ def feature_rows(frame: pd.DataFrame, columns: Sequence[str] = FEATURE_NAMES) ->
     """Frame rows as request-shaped dicts (None for missing), e.g. for self-check rows."""
     return [{c: _plain(v) for c, v in zip(columns, row, strict=True)}
             for row in frame[list(columns)].itertuples(index=False)]
+
+
+def same_value(a, b) -> bool:
+    """Batch and online agree on one value (floats to 1e-9: SQL may sum in another order)."""
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def parity(engine: Engine, as_of: datetime, sample: int = 200, seed: int = 0) -> tuple[int, list[str]]:
+    """Sample entities and compare `build_online` with `build_training_frame` at `as_of`.
+
+    Returns (entities compared, one line per entity whose features differ). The audit and the
+    tests use this one check; an empty list means online == batch.
+    """
+    frame = build_training_frame(engine, [as_of])
+    picked = frame.sample(n=min(sample, len(frame)), random_state=seed)
+    mismatches = []
+    with engine.connect() as conn:
+        for key, offline in zip(picked[KEY].tolist(), feature_rows(picked), strict=True):
+            online = build_online(conn, key, as_of) or {}
+            differ = [name for name in offline if not same_value(offline[name], online.get(name))]
+            if differ:
+                name = differ[0]
+                mismatches.append(f"{key}.{name}: batch {offline[name]!r}, online {online.get(name)!r}")
+    return len(picked), mismatches

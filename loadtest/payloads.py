@@ -1,4 +1,4 @@
-"""Payloads: real feature rows and their user ids, sampled from the app database.
+"""Payloads: real feature rows and their entity keys, sampled from the app database.
 
     python -m loadtest.payloads --out var/loadtest/payloads.json --rows 2000
 
@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from features.schema import FEATURE_NAMES, schema_fingerprint
+from features.spec import SPEC
 
 ENV = "LOADTEST_PAYLOADS"
 DEFAULT_PATH = Path("var/loadtest/payloads.json")
@@ -39,7 +40,7 @@ def default_path() -> Path:
 
 def build(database_url: str, rows: int = DEFAULT_ROWS, seed: int = 0,
           progress=print) -> dict[str, Any]:
-    """Sample `rows` users' features as of the end of the data in `database_url`."""
+    """Sample `rows` entities' features as of the end of the data in `database_url`."""
     # Imported here: the locustfile imports this module, and only a missing file needs pandas.
     from features.build import EmptyDataError, build_training_frame, data_end, feature_rows
     from features.db import DatabaseError, check_connection, make_engine, redact
@@ -58,7 +59,7 @@ def build(database_url: str, rows: int = DEFAULT_ROWS, seed: int = 0,
     finally:
         engine.dispose()
     if len(frame) < rows:
-        progress(f"payloads: the database has {len(frame):,} users as of {as_of:%Y-%m-%d}; "
+        progress(f"payloads: the database has {len(frame):,} {SPEC.entity.name}s as of {as_of:%Y-%m-%d}; "
                  f"using all of them instead of {rows:,}")
     sample = frame.sample(n=min(rows, len(frame)), random_state=seed)
     payload = {
@@ -66,8 +67,9 @@ def build(database_url: str, rows: int = DEFAULT_ROWS, seed: int = 0,
         "database": redact(database_url),
         "as_of": as_of.isoformat(),
         "schema_fingerprint": schema_fingerprint(),
-        "rows": [{"user_id": str(u), "features": f}
-                 for u, f in zip(sample["user_id"], feature_rows(sample), strict=True)],
+        # the key in its own type (spec.yml entity.type): what the app would send
+        "rows": [{"user_id": k, "features": f}
+                 for k, f in zip(sample[SPEC.entity.key].tolist(), feature_rows(sample), strict=True)],
     }
     progress(f"payloads: {len(payload['rows']):,} rows as of {as_of:%Y-%m-%d} from "
              f"{payload['database']} in {time.perf_counter() - t0:.1f}s")

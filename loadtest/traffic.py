@@ -96,7 +96,7 @@ class Pool:
     def __init__(self, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             raise ValueError("the payload file has no rows; rebuild it with python -m loadtest.payloads")
-        self.user_ids = [str(r["user_id"]) for r in rows]
+        self.user_ids = [r["user_id"] for r in rows]  # keys in their own type (string or integer)
         self.features = [r["features"] for r in rows]
         self._features_json = [orjson.dumps(f) for f in self.features]
         self._predict = [orjson.dumps({"features": f, "user_id": u})
@@ -109,7 +109,7 @@ class Pool:
         """A /predict body: one real row with its user id (so A/B routing runs)."""
         return self._predict[rng.randrange(len(self))]
 
-    def user_id(self, rng: random.Random) -> str:
+    def user_id(self, rng: random.Random) -> str | int:
         return self.user_ids[rng.randrange(len(self))]
 
     def batch_body(self, rng: random.Random) -> tuple[bytes, int]:

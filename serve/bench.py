@@ -56,16 +56,15 @@ def in_process(registry, version: str) -> dict[str, float]:
     import pandas as pd
     from pydantic import ConfigDict, create_model
 
-    from features.encode import RowEncoder
+    from features.codec import CODEC
     from features.schema import FEATURES
-    from serve.validation import CheckedEncoder, FeatureValidator
     from train.artifact import Scorer, predict
 
     artifact, meta = registry.load(version)
     row = meta["self_check"][0]["features"]
     body = json.dumps({"features": row}).encode()
-    encoder, scorer, validator, checked = RowEncoder(), Scorer(artifact), FeatureValidator(), CheckedEncoder()
-    encoded = encoder.row(row)
+    codec, scorer = CODEC, Scorer(artifact)
+    encoded = codec.row(row)
     X = np.asarray([encoded])
     fields = {f.name: ((str | None) if f.kind == "categorical" else (float | None), ...) for f in FEATURES}
     Model = create_model("Features", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
@@ -77,18 +76,18 @@ def in_process(registry, version: str) -> dict[str, float]:
             lambda: artifact["estimator"].predict(frame, num_threads=1), 0.5),
         "parse: orjson": per_second(lambda: orjson.loads(body)),
         "parse: json (stdlib)": per_second(lambda: json.loads(body)),
-        "validate+encode: one pass (CheckedEncoder)": per_second(lambda: checked.row(row)),
-        "validate: rule by rule, with messages": per_second(lambda: validator.check(row, ("features",))),
+        "validate+encode: one pass (Codec.row)": per_second(lambda: codec.row(row)),
+        "validate: rule by rule, with messages (Codec.errors)": per_second(lambda: codec.errors(row, ("features",))),
         "validate: pydantic model": per_second(lambda: Model.model_validate(row)),
-        "encode: RowEncoder": per_second(lambda: encoder.row(row)),
+        "encode: no checks (Codec.encode_known)": per_second(lambda: codec.encode_known(row)),
         "whole hot path (parse+validate+encode+score)": per_second(
-            lambda: scorer.one(checked.row(orjson.loads(body)["features"]))),
+            lambda: scorer.one(codec.row(orjson.loads(body)["features"]))),
     }
     rows = batch_rows(meta)
     batch_body = json.dumps({"rows": rows}).encode()  # as wrk sends it
-    batch = checked.matrix(rows)
+    batch = codec.matrix(rows)
     out["batch of 1,000: parse (orjson), rows/s"] = 1000 * per_second(lambda: orjson.loads(batch_body), 0.5)
-    out["batch of 1,000: validate+encode (matrix), rows/s"] = 1000 * per_second(lambda: checked.matrix(rows), 0.5)
+    out["batch of 1,000: validate+encode (matrix), rows/s"] = 1000 * per_second(lambda: codec.matrix(rows), 0.5)
     out["model only: 1,000-row batches, rows/s"] = 1000 * per_second(lambda: scorer.many(batch), 1.0)
     return out
 

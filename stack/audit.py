@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import math
 import re
 import sys
 import textwrap
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from features.spec import SPEC
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_COMPOSE = ROOT / "docker-compose.yml"
@@ -184,7 +185,7 @@ def audit_serving(model_dir: Path, ab_config: Path, now: datetime) -> Finding:
 
 @dataclass
 class Parity:
-    """Batch (training) features vs online (serving) features for sampled users."""
+    """Batch (training) features vs online (serving) features for sampled entities."""
 
     status: str  # "ok" | "skew" | "unknown"
     checked: int = 0
@@ -194,20 +195,9 @@ class Parity:
     reason: str = ""
 
 
-def _same(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
-        except (TypeError, ValueError):
-            return False
-    return a == b
-
-
 def parity_check(database_url: str, sample: int = PARITY_SAMPLE,
                  progress: Callable[[str], None] | None = None) -> Parity:
-    """Sample users and compare build_online with build_training_frame at the newest as_of.
+    """Sample entities and compare build_online with build_training_frame at the newest as_of (features.build.parity).
 
     "unknown" when there is no reachable database with the app tables.
     """
@@ -234,21 +224,10 @@ def parity_check(database_url: str, sample: int = PARITY_SAMPLE,
         if progress:
             progress(f"audit: parity check on {redact(database_url)} as of {as_of:%Y-%m-%d} "
                      "(--skip-parity skips it) ...")
-        frame = build.build_training_frame(engine, [as_of])
-        picked = frame.sample(n=min(sample, len(frame)), random_state=0)
-        batch = build.feature_rows(picked)
-        result = Parity("ok", as_of=f"{as_of:%Y-%m-%d}")
-        with engine.connect() as conn:
-            for user_id, offline in zip(picked["user_id"], batch, strict=True):
-                online = build.build_online(conn, str(user_id), as_of) or {}
-                result.checked += 1
-                differ = [name for name in offline if not _same(offline[name], online.get(name))]
-                if differ:
-                    result.mismatches += 1
-                    name = differ[0]
-                    result.examples.append(f"{user_id}.{name}: batch {offline[name]!r}, "
-                                           f"online {online.get(name)!r}")
-    except (DatabaseError, build.EmptyDataError, SQLAlchemyError, OSError) as exc:
+        checked, mismatches = build.parity(engine, as_of, sample)
+        result = Parity("ok", as_of=f"{as_of:%Y-%m-%d}", checked=checked, mismatches=len(mismatches),
+                        examples=mismatches[:5])
+    except (DatabaseError, build.EmptyDataError, build.FeatureSQLError, SQLAlchemyError, OSError) as exc:
         return Parity("unknown", reason=str(exc).strip().splitlines()[0] if str(exc).strip() else
                       type(exc).__name__)
     finally:
@@ -257,7 +236,7 @@ def parity_check(database_url: str, sample: int = PARITY_SAMPLE,
     if result.mismatches:
         result.status = "skew"
     if progress:
-        progress(f"audit: {result.checked} users compared, {result.mismatches} differ "
+        progress(f"audit: {result.checked} {SPEC.entity.name}s compared, {result.mismatches} differ "
                  f"({time.perf_counter() - t0:.1f}s)")
     return result
 
@@ -300,14 +279,14 @@ def audit_feature_store(model_dir: Path, ab_config: Path, consumers_file: Path,
     if parity.status == "unknown":
         skew = f"skew unknown ({parity.reason})"
     else:
-        skew = f"{parity.mismatches} of {parity.checked} users skewed"
+        skew = f"{parity.mismatches} of {parity.checked} {SPEC.entity.name}s skewed"
     now = parity.mismatches > 0 or consumers >= 2
     value_verdict = verdict(consumers, 2)
     how = (f"consumers = distinct feature schemas (schema_fingerprint in meta.json) among the "
            f"models in service ({len(fingerprints)}), plus the models or teams listed in "
-           f"{_shown(consumers_file)} ({len(declared)}: other readers of features/); skew = users whose "
+           f"{_shown(consumers_file)} ({len(declared)}: other readers of features/); skew = {SPEC.entity.name}s whose "
            f"online features (features.build.build_online) differ from the training frame's "
-           f"(build_training_frame) at the newest as_of, for {PARITY_SAMPLE} sampled users")
+           f"(build_training_frame) at the newest as_of, for {PARITY_SAMPLE} sampled {SPEC.entity.name}s")
     if parity.examples:
         how += "; e.g. " + "; ".join(parity.examples[:3])
     return Finding(

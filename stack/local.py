@@ -11,6 +11,7 @@ State lives in var/: pid files in var/run, logs in var/log, Prometheus data in v
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ from deploy.local_scale import (
     terminate,
     wait_healthy,
 )
+from features.schema import example_request
+from features.spec import SPEC
 from stack.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,9 +119,9 @@ The stack is up.
   metrics      {base}/metrics
   model        {base}/model{f'''
   Prometheus   {prometheus}  (alerts: {prometheus}/alerts)''' if prometheus else ''}
-Try a prediction:
-  curl -s -X POST {base}/predict/user/u000123
-  curl -s -X POST {base}/predict -H 'content-type: application/json' -d @serve/example.json
+Try a prediction ({SPEC.task}):
+  curl -s -X POST {base}/predict/user/{SPEC.entity.example}
+  curl -s -X POST {base}/predict -H 'content-type: application/json' -d '{json.dumps(example_request())}'
 Stop with: make down""")
 
 

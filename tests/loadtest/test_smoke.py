@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from deploy.local_scale import stop_process
-from features import demo
 from features.db import make_engine
 from loadtest import payloads, report, traffic
 from loadtest import results as lr
-from tests.conftest import free_port
+from tests.conftest import demo, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -13,12 +13,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from features.schema import FEATURE_NAMES
+from features.codec import CODEC
+from features.schema import FEATURE_NAMES, example_features
+from features.spec import SPEC
 from loadtest import __main__ as cli
 from loadtest import payloads, report, traffic
 from loadtest import results as lr
 from loadtest import slo as slos
-from serve.validation import FeatureValidator, RequestError, check_keys, parse_json
+from serve.validation import RequestError, check_keys, parse_json
 
 DATA = Path(__file__).parent / "data" / "step_run"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -156,10 +158,14 @@ def test_report_can_be_rebuilt_from_a_run_folder(run_dir: Path) -> None:
 # --- what the scenario sends and accepts -----------------------------------------------------
 
 def valid_features() -> dict:
-    return {"country": "US", "device": "ios", "channel": "organic", "account_age_days": 100.0,
-            "events_7d": 3.0, "events_30d": 9.0, "views_7d": 2.0, "searches_7d": 1.0,
-            "carts_7d": 0.0, "carts_30d": 1.0, "days_since_last_event": None, "orders_30d": 0.0,
-            "orders_90d": 1.0, "amount_90d": 20.5, "days_since_last_order": 40.0}
+    return example_features()
+
+
+def check_features(features) -> None:
+    """The server's own check (features/codec.py): RequestError naming every problem."""
+    errors = CODEC.errors(features, ("features",))
+    if errors:
+        raise RequestError(422, errors)
 
 
 @pytest.mark.parametrize("kind", traffic.BAD_KINDS)
@@ -170,18 +176,18 @@ def test_every_bad_input_is_refused_by_the_servers_validator(kind: str) -> None:
         bad = traffic.make_bad_input(kind, valid_features(), rng)
         with pytest.raises(RequestError) as refused:
             body = check_keys(parse_json(bad.body), {"features", "user_id"}, {"features"})
-            FeatureValidator().check(body["features"], ("features",))
+            check_features(body["features"])
         assert 400 <= refused.value.status < 500
         if bad.field:
             assert bad.field.encode() in orjson.dumps(refused.value.body())
 
 
 def test_valid_rows_pass_the_servers_validator() -> None:
-    pool = traffic.Pool([{"user_id": "u000001", "features": valid_features()}])
+    pool = traffic.Pool([{"user_id": SPEC.entity.example, "features": valid_features()}])
     rng = random.Random(0)
     body = orjson.loads(pool.predict_body(rng))
-    assert body["user_id"] == "u000001"
-    FeatureValidator().check(body["features"], ("features",))
+    assert body["user_id"] == SPEC.entity.example
+    check_features(body["features"])
     batch, rows = pool.batch_body(rng)
     assert traffic.BATCH_ROWS[0] <= rows <= traffic.BATCH_ROWS[1]
     assert len(orjson.loads(batch)["rows"]) == rows
@@ -221,10 +227,10 @@ def test_payloads_are_real_rows_with_user_ids(small_sqlite_url: str, tmp_path: P
     loaded = payloads.load(path)
     assert len(loaded["rows"]) == 50
     assert len({r["user_id"] for r in loaded["rows"]}) == 50
-    validator = FeatureValidator()
     for row in loaded["rows"]:
         assert list(row["features"]) == list(FEATURE_NAMES)
-        validator.check(row["features"], ("features",))
+        check_features(row["features"])
+        assert SPEC.entity.parse(row["user_id"]) == row["user_id"]  # the key in its own type
 
 
 def test_payloads_refuse_a_stale_schema(tmp_path: Path) -> None:

@@ -1,0 +1,34 @@
+"""`python -m features`: what the domain spec says, in forms people paste.
+
+    python -m features example          a POST /predict body (the curl examples use it)
+    python -m features example --batch  a POST /predict/batch body
+    python -m features table            the feature table of features/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from features.schema import example_features, example_request, markdown_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m features", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    example = sub.add_parser("example", help="a valid request body built from features/spec.yml")
+    example.add_argument("--batch", action="store_true", help="a /predict/batch body of two rows")
+    sub.add_parser("table", help="the feature table (markdown)")
+    args = p.parse_args(argv)
+    if args.command == "table":
+        print(markdown_table())
+    elif args.batch:
+        print(json.dumps({"rows": [example_features(), example_features()]}))
+    else:
+        print(json.dumps(example_request()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from features.demo import main
+
+sys.exit(main())
