@@ -17,7 +17,7 @@ DURATION   ?= 30s
 SHAPE      ?= constant
 MIX        ?= realistic
 
-.PHONY: help install up down seed train serve test lint loadtest bench experiments ab-report ab-demo \
+.PHONY: help install up down test-compose seed train serve test lint loadtest bench experiments ab-report ab-demo \
         audit rollback clean system-deps capacity
 
 help: ## this list
@@ -42,17 +42,23 @@ install: $(STAMP) ## create .venv from the lock (seconds when already done)
 system-deps: ## tools the tests use: promtool, nginx, wrk (Debian packages)
 	@bash deploy/system_deps.sh
 
-up: install ## start the stack: docker compose, or local processes without a Docker engine (SCALE=2)
-	@if docker info >/dev/null 2>&1; then \
-	  export GIT_COMMIT=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown); \
-	  if [ "$(SCALE)" -gt 1 ]; then SCALE=$(SCALE) docker compose --profile scale up -d --build --wait; \
-	  else docker compose up -d --build --wait; fi && docker compose ps; \
-	else echo "up: no Docker engine answers; running the stack as local processes (SQLite)"; \
-	  $(PY) -m stack.local up --scale $(SCALE); fi
+# STACK_MODE=auto: docker compose when a Docker engine answers, else local processes.
+# docker or local forces one; the tests of local mode force local.
+STACK_MODE ?= auto
+export STACK_MODE
 
-down: ## stop what `make up` started
-	@if docker info >/dev/null 2>&1; then docker compose --profile scale down; \
+up: ## start the stack: docker compose, or local processes without a Docker engine (SCALE=2, STACK_MODE=local)
+	@if [ "$$(bash deploy/compose_up.sh mode)" = docker ]; then bash deploy/compose_up.sh up $(SCALE); \
+	else [ "$(STACK_MODE)" = local ] || echo "up: no Docker engine answers; running the stack as local processes (SQLite)"; \
+	  $(MAKE) --no-print-directory install && $(PY) -m stack.local up --scale $(SCALE); fi
+
+down: ## stop what `make up` started (compose: containers go, volumes stay)
+	@if [ "$$(bash deploy/compose_up.sh mode)" = docker ]; then bash deploy/compose_up.sh down; \
+	  if [ -d var/run ] && [ -x $(PY) ]; then $(PY) -m stack.local down; fi; \
 	else $(PY) -m stack.local down; fi
+
+test-compose: install ## the container path for real: engine, Compose v2, stand-in base images, make up .. make down
+	$(PY) tests/compose/e2e.py
 
 seed: install ## load the demo data into DATABASE_URL (default var/app.db)
 	$(PY) -m features.demo $(ARGS)
