@@ -85,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    db_url = f"sqlite:///{work / 'app.db'}"
+    db_url = args.database_url or f"sqlite:///{work / 'app.db'}"
     try:
+        if args.database_url:
+            refuse_a_database_with_data(db_url)
         as_of = run_experiment(args, work, db_url, progress)
     except (RuntimeError, OSError, sa.exc.SQLAlchemyError) as exc:  # DemoError, TrainError, ...
         print(f"error: {exc}", file=sys.stderr)
@@ -175,6 +177,22 @@ def run_experiment(
         engine.dispose()
 
 
+def refuse_a_database_with_data(db_url: str) -> None:
+    """--database-url must name an empty database: the demo replaces the app's tables in it."""
+    from features.db import make_engine, redact
+
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            table = SPEC.entity.table
+            if sa.inspect(conn).has_table(table) and conn.execute(
+                    sa.select(sa.func.count()).select_from(sa.table(table))).scalar():
+                raise DemoError(f"--database-url {redact(db_url)} already holds {table}; the demo replaces "
+                                "the app's tables, so give it an empty database of its own")
+    finally:
+        engine.dispose()
+
+
 def prepare_workdir(work: Path) -> None:
     """Empty the demo folder; refuse a non-empty one this demo did not create."""
     if work.exists():
@@ -195,7 +213,7 @@ def seed_database(engine: sa.Engine, entities: int, seed: int, progress: Progres
     loader = SPEC.load_loader()
     data = loader.generate(scale=entities / loader.ENTITIES_PER_SCALE, seed=seed, end=None)
     loader.load(engine, data)
-    progress(f"seeded {engine.url.database} ({SPEC.loader}): {loader.describe(data)}")
+    progress(f"seeded {engine.url.render_as_string(hide_password=True)} ({SPEC.loader}): {loader.describe(data)}")
 
 
 def features_now(engine: sa.Engine, progress: Progress) -> dict[str, dict]:
@@ -501,6 +519,11 @@ def _parser() -> argparse.ArgumentParser:
         "--mde", type=_rate, help="difference the analysis is sized for (default: --lift)"
     )
     p.add_argument("--seed", type=int, default=1, help="data, traffic and outcomes (default: 1)")
+    p.add_argument(
+        "--database-url",
+        help="an EMPTY database for the demo (e.g. a throwaway Postgres database); "
+        "default: a SQLite file in --workdir",
+    )
     return p
 
 

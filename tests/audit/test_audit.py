@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from experiments.log import append_run
+from features.schema import FEATURES
+from features.spec import SPEC
 from stack import audit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,13 +177,13 @@ def test_pipeline_steps_prefers_a_steps_tuple(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_db(tmp_path_factory) -> str:
-    """100 demo users in SQLite: enough to sample 20 and fast to build."""
-    from features import demo
+    """A few hundred demo entities in SQLite: enough to sample 20 and fast to build."""
     from features.db import make_engine
+    from tests.conftest import demo
 
     url = f"sqlite:///{tmp_path_factory.mktemp('audit') / 'app.db'}"
     engine = make_engine(url)
-    demo.load(engine, demo.generate(scale=0.005, seed=3, end=datetime(2026, 6, 1)))
+    demo.load(engine, demo.generate(scale=100 / demo.ENTITIES_PER_SCALE, seed=3, end=datetime(2026, 6, 1)))
     engine.dispose()
     return url
 
@@ -203,17 +205,19 @@ def test_skew_makes_the_feature_store_due(tmp_path, tiny_db, monkeypatch):
 
     real = build.build_online
 
-    def skewed(conn, user_id, as_of):  # the serving path counts one more event than training
-        row = real(conn, user_id, as_of)
-        return {**row, "events_7d": (row["events_7d"] or 0) + 1} if row else row
+    name = next(f.name for f in FEATURES if f.kind == "numeric" and not f.nullable)
+
+    def skewed(conn, key, as_of):  # the serving path counts one more than training
+        row = real(conn, key, as_of)
+        return {**row, name: (row[name] or 0) + 1} if row else row
 
     monkeypatch.setattr(build, "build_online", skewed)
     parity = audit.parity_check(tiny_db)
     assert (parity.status, parity.mismatches) == ("skew", 20)
-    assert "events_7d" in parity.examples[0]
+    assert name in parity.examples[0]
     finding = feature_store(tmp_path, parity)
     assert finding.verdict == "now"
-    assert "20 of 20 users skewed" in finding.measured
+    assert f"20 of 20 {SPEC.entity.name}s skewed" in finding.measured
 
 
 def test_features_shared_by_a_second_consumer_make_the_feature_store_due(tmp_path):

@@ -93,7 +93,7 @@ try:
     out["by_missing_key"] = post(port, "/predict/user/999999")
     out["unparsable_key"] = post(port, "/predict/user/host-12")
     out["bad_tier"] = post(port, "/predict", {"features": {**rows[0], "tier": "platinum"}})
-    out["bad_hours"] = post(port, "/predict", {"features": {**rows[0], "hours_online_14d": 500}})
+    out["bad_hours"] = post(port, "/predict", {"features": {**rows[0], "hours_online_14d": 50000}})
     out["demo_field"] = post(port, "/predict", {"features": {**rows[0], "country": "US"}})
 finally:
     server.terminate()
@@ -104,7 +104,8 @@ payload = json.loads(Path("payloads.json").read_text())
 out["payload_keys"] = [r["user_id"] for r in payload["rows"][:5]]
 out["payload_features"] = sorted(payload["rows"][0]["features"])
 out["audit"] = python_m("stack.audit", "--json", check=False).stdout
-out["ab_demo"] = python_m("ab.demo", "--entities", "600", "--workdir", "ab-demo", "--lift", "0.15").stdout
+ab_db = ["--database-url", os.environ["AB_DEMO_DATABASE_URL"]] if os.environ.get("AB_DEMO_DATABASE_URL") else []
+out["ab_demo"] = python_m("ab.demo", "--entities", "600", "--workdir", "ab-demo", "--lift", "0.15", *ab_db).stdout
 print("RESULT " + json.dumps(out, default=str))
 '''
 
@@ -163,15 +164,19 @@ def runs(fork, tmp_path_factory, postgres_server) -> dict[str, dict]:
     from tests.conftest import free_port
 
     fork_root, _ = fork
-    with throwaway_database(postgres_server, "fork") as pg_url:
+    with throwaway_database(postgres_server, "fork") as pg_url, \
+            throwaway_database(postgres_server, "fork_ab") as pg_ab_url:
         procs = {}
         for name, url_of in (("sqlite", lambda w: f"sqlite:///{w / 'app.db'}"), ("postgres", lambda _w: pg_url)):
             work = tmp_path_factory.mktemp(f"fork-{name}")
+            env = _env(fork_root, work, url_of(work), free_port())
+            if name == "postgres":
+                env["AB_DEMO_DATABASE_URL"] = pg_ab_url  # the A/B loop on Postgres too
             procs[name] = (work, subprocess.Popen(
-                [sys.executable, "-c", STEPS], cwd=work, env=_env(fork_root, work, url_of(work), free_port()),
+                [sys.executable, "-c", STEPS], cwd=work, env=env,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         results = {}
-        for name, (work, proc) in procs.items():
+        for name, (_work, proc) in procs.items():
             stdout, stderr = proc.communicate(timeout=420)
             assert proc.returncode == 0, f"{name}: the fork failed:\n{stdout[-4000:]}\n{stderr[-4000:]}"
             results[name] = json.loads(stdout.split("RESULT ", 1)[1])
@@ -241,5 +246,6 @@ def test_the_fork_load_test_payloads_have_integer_keys(runs, db):
 @pytest.mark.parametrize("db", ["sqlite", "postgres"])
 def test_an_ab_experiment_runs_through_the_forks_server(runs, db):
     report = runs[db]["ab_demo"]
-    assert "session" in report and "14" in report, report[-2000:]
-    assert "challenger" in report
+    assert "session" in report and "14-day window" in report, report[-2000:]
+    assert ("postgresql" in report) == (db == "postgres")  # where the exposures were joined
+    assert "challenger" in report and "done" in report.splitlines()[-1]

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from features.build import build_training_frame, feature_rows, training_as_of_dates
-from features.db import make_engine
 from features.codec import CODEC
+from features.db import make_engine
 from features.schema import FEATURE_NAMES, FEATURES
 from features.spec import SPEC
 from monitoring import metrics as prom
@@ -179,7 +179,7 @@ def test_database_rows_that_break_the_schema_are_refused_and_counted(small_model
     url = f"sqlite:///{tmp_path / 'app.db'}"
     demo.load(engine_for(url), small_demo)
     registry = small_models[0]
-    key = holdout[KEY].iloc[0]
+    key, other = holdout[KEY].tolist()[:2]  # plain Python keys: the drivers bind those
     source = SPEC.features[[f.name for f in FEATURES].index(CAT.name)].derivation[1][0]
     spine = SPEC.entity.table
     with engine_for(url).begin() as conn:
@@ -193,7 +193,6 @@ def test_database_rows_that_break_the_schema_are_refused_and_counted(small_model
         assert response.status_code == 422, response.text
         detail = response.json()["detail"]
         assert detail[0]["loc"] == ["database", "features", CAT.name] and "not-a-known-value" in detail[0]["msg"]
-        other = holdout[KEY].iloc[1]
         assert c.post(f"/predict/user/{other}").status_code == 200
     assert counter._value.get() == before + 1
 
