@@ -132,6 +132,9 @@ up() {
 
 down() {
     need_engine_and_compose down
+    # compose interpolates the whole file even to remove containers; without .env, say so harmlessly
+    [ -e .env ] || export POSTGRES_PASSWORD="${POSTGRES_PASSWORD:-unused-by-down}" \
+        GRAFANA_ADMIN_PASSWORD="${GRAFANA_ADMIN_PASSWORD:-unused-by-down}"
     docker compose --profile scale down --remove-orphans || {
         engine_answers || die "down: the Docker engine stopped (docker info fails); start it again and rerun make down"
         die "down: docker compose down failed (see above)"

@@ -1,8 +1,10 @@
 """Static checks of the container setup: compose file, Dockerfile, nginx configs, .env.example.
 
-CI has no Docker engine, so these prove what can be proved without one: the compose file is
+These prove what can be proved without a Docker engine, in `make test`: the compose file is
 valid Compose, it wires up only things that exist (entrypoints, files, settings, scrape
-targets), every image is pinned, the Dockerfile lints clean and the nginx config loads.
+targets), every image is pinned, every container is hardened, the Dockerfile lints clean and
+downloads nothing, and the nginx config loads. `make test-compose` (tests/compose/e2e.py)
+runs the same files for real.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy import local_scale
+from deploy import local_scale, schedule
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT.parent / "shared/schemas/compose-spec.json"
@@ -165,8 +167,15 @@ def test_stack_commands_are_project_entrypoints(stack_services: dict[str, dict])
             sources = module_sources(module)
             for flag in flags.split():
                 assert flag in sources, f"service {name} passes {flag} to `python -m {module}`, which does not define it"
-        for crontab in re.findall(r"\bsupercronic\s+(\S+)", text):
+        for crontab in re.findall(r"\bpython3? -m deploy\.schedule\s+(\S+)", text):
             assert (ROOT / crontab).is_file(), f"service {name}: crontab {crontab} does not exist"
+            assert schedule.read_crontab(ROOT / crontab), f"service {name}: crontab {crontab} has no job"
+
+
+def test_trainer_runs_on_the_schedule_of_train_crontab(services: dict[str, dict]) -> None:
+    text = command_text(services["trainer"])
+    assert "python -m train --if-missing" in text and "exec python -m deploy.schedule train/crontab" in text
+    assert "supercronic" not in COMPOSE.read_text() + DOCKERFILE.read_text(), "supercronic is not in the image any more"
 
 
 def test_crontab_runs_project_entrypoints() -> None:
@@ -251,10 +260,13 @@ def test_grafana_datasources_point_at_compose_services(services: dict[str, dict]
                 assert port in container_ports(services[host]), f"{file.name}: {host} has no port {port}"
 
 
-def test_databases_and_servers_have_healthchecks(services: dict[str, dict]) -> None:
-    for name in ("db", "serve", "serve-scaled", "trainer"):
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict]) -> None:
+    long_running = [name for name, svc in services.items() if svc.get("restart") != "no"]
+    assert {"db", "serve", "serve-scaled", "trainer", "nginx", "prometheus", "grafana"} <= set(long_running)
+    for name in long_running:
         check = services[name].get("healthcheck") or {}
         assert check.get("test") and not check.get("disable"), f"service {name} needs a healthcheck"
+        assert "curl" not in " ".join(check["test"]), f"{name}: not every image has curl (wget or python)"
     assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
     assert "/ready" in " ".join(services["serve"]["healthcheck"]["test"])
     assert "curl" not in command_text({"command": services["serve"]["healthcheck"]["test"]})
@@ -281,6 +293,28 @@ def test_one_shot_jobs_are_awaited_by_a_long_running_service(services: dict[str,
             and (svc.get("depends_on") or {}).get(name, {}).get("condition") == "service_completed_successfully"
         ]
         assert adopters, f"one-shot {name}: no long-running service depends on it completing"
+
+
+def test_every_container_is_hardened(services: dict[str, dict]) -> None:
+    for name, service in services.items():
+        assert service.get("read_only") is True, f"{name}: read_only root file system"
+        assert service.get("cap_drop") == ["ALL"] and not service.get("cap_add"), f"{name}: cap_drop [ALL], no cap_add"
+        assert "no-new-privileges:true" in (service.get("security_opt") or []), f"{name}: no-new-privileges"
+        assert service.get("privileged") is not True and service.get("network_mode") != "host", name
+    # the stock images start as root unless told: these run as their own unprivileged user
+    assert services["db"].get("user") == "postgres" and services["nginx"].get("user") == "nginx"
+
+
+def duration_seconds(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text))
+
+
+def test_serve_gets_longer_to_stop_than_gunicorn_takes_to_drain(services: dict[str, dict]) -> None:
+    graceful = float(re.search(r"(?m)^graceful_timeout\s*=\s*(\d+)", (ROOT / "serve/gunicorn.conf.py").read_text())[1])
+    for name in ("serve", "serve-scaled"):
+        grace = duration_seconds(services[name].get("stop_grace_period", "10s"))
+        assert grace > graceful, f"{name}: stop_grace_period {grace} s must exceed gunicorn's graceful_timeout {graceful} s"
 
 
 def test_server_has_the_resources_of_a_2_vcpu_box(services: dict[str, dict]) -> None:
@@ -361,6 +395,16 @@ def test_dockerfile_base_images_are_pinned() -> None:
     assert "python:3.11" in args.get("PYTHON_IMAGE", "") and "slim-bookworm" in args["PYTHON_IMAGE"]
 
 
+def test_dockerfile_downloads_nothing_but_packages() -> None:
+    """Only PyPI (uv) and Debian (apt) are fetched: a build must work where nothing else answers."""
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"(?m)^#\s*syntax=", text), "a `# syntax=` line makes BuildKit pull a frontend image"
+    steps = [step for stage in dockerfile_stages() for step in stage.splitlines() if step.startswith(("RUN", "ADD"))]
+    for step in steps:
+        for fetch in ("urlretrieve", "urlopen", "curl ", "wget ", "ADD http", "git clone"):
+            assert fetch not in step, f"deploy/Dockerfile fetches something with {fetch.strip()}: {step[:120]}"
+
+
 def test_runtime_stage_is_small_and_unprivileged() -> None:
     runtime = dockerfile_stages()[-1]
     tools = re.findall(r"\b(build-essential|gcc|g\+\+|make|curl|wget)\b", runtime)
@@ -382,6 +426,11 @@ def test_dockerignore_keeps_state_and_secrets_out() -> None:
     }
     assert {".git", ".venv", "var", ".env", "**/__pycache__"} <= patterns
     assert "!.env.example" in patterns
+
+
+def test_env_is_git_ignored() -> None:
+    result = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT)
+    assert result.returncode == 0, ".env holds the generated secrets: .gitignore must name it"
 
 
 # --- nginx ----------------------------------------------------------------------------------
