@@ -1,7 +1,7 @@
 """`make test-compose`: the Docker path of the README, run for real, end to end.
 
-On a fresh copy of the tree (a clone's files, committed into a new git repository) it runs the
-unchanged `make up` / `make down` against a Docker engine and checks what a user gets: the
+On a fresh clone of the committed HEAD (TEST_COMPOSE_WORKTREE=1: plus uncommitted changes) it
+runs the unchanged `make up` / `make down` against a Docker engine and checks what a user gets: the
 refusals of bad input, the stack coming up in order and healthy, predictions from the compose
 Postgres, metrics in Prometheus, every dashboard query, the container hardening, restarts that
 keep the data and the model, the trainer's schedule firing, two replicas behind nginx, and a
@@ -157,16 +157,18 @@ def ensure_standins() -> None:
 # --- the clone and its commands -----------------------------------------------------------------
 
 def fresh_clone(dest: Path) -> Path:
-    """The files a clone would have (tracked and untracked-but-not-ignored), as a new repository."""
-    listed = run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT).stdout.split("\0")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    git = ["git", "-c", "user.name=test-compose", "-c", "user.email=test-compose@localhost"]
-    run([*git, "init", "-q"], cwd=dest)
-    run([*git, "add", "-A"], cwd=dest)
-    run([*git, "commit", "-q", "-m", "fresh clone for make test-compose"], cwd=dest)
+    """A clone of the committed HEAD (what CI and a new user get); TEST_COMPOSE_WORKTREE=1 adds the
+    working tree's uncommitted files (tracked and untracked-but-not-ignored) on top."""
+    run(["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(dest)])
+    if os.environ.get("TEST_COMPOSE_WORKTREE") == "1":
+        listed = run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT).stdout.split("\0")
+        for name in filter(None, listed):
+            if (ROOT / name).is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, dest / name)
+        git = ["git", "-c", "user.name=test-compose", "-c", "user.email=test-compose@localhost"]
+        run([*git, "add", "-A"], cwd=dest)
+        run([*git, "commit", "-q", "--allow-empty", "-m", "working tree for make test-compose"], cwd=dest)
     return dest
 
 
