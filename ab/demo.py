@@ -239,8 +239,8 @@ def train_models(
     engine: sa.Engine, model_dir: Path, runs_log: Path, progress: Progress
 ) -> tuple[str, str]:
     """Train `current` (LightGBM defaults) and an undeployed challenger (other params)."""
+    from registry.store import Registry
     from train.pipeline import TrainConfig, run
-    from train.registry import Registry
 
     registry = Registry(model_dir)
     quiet = lambda _msg: None  # noqa: E731  (the demo prints one line per model instead)

@@ -40,7 +40,7 @@ mkdir -p "$OUT"
 export DATABASE_URL=${DATABASE_URL:-sqlite:///var/app.db} MODEL_DIR=${MODEL_DIR:-var/models}
 export EXPERIMENTS_LOG=${EXPERIMENTS_LOG:-var/runs.csv}
 
-if ! $PY -c 'import os, sys; from train.registry import Registry; sys.exit(not Registry(os.environ["MODEL_DIR"]).current())'; then
+if ! $PY -c 'import os, sys; from registry.store import Registry; sys.exit(not Registry(os.environ["MODEL_DIR"]).current())'; then
   echo "pinned: no deployed model in $MODEL_DIR; seeding demo data and training" >&2
   $PY -m features.demo >/dev/null
   $PY -m train | tail -1

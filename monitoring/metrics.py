@@ -13,10 +13,9 @@ worker dies (see monitoring/README.md).
 
 from __future__ import annotations
 
-import math
 import os
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from numbers import Real
 from pathlib import Path
@@ -35,6 +34,8 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.metrics import MetricWrapperBase
+
+from registry.meta import ScoreBaseline
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -248,57 +249,19 @@ class ModelMetrics:
         self._info.set(0)
 
 
-def register_model(version: str, meta: Mapping[str, Any]) -> ModelMetrics:
+def register_model(version: str, model_type: str, created_at: datetime, baseline: ScoreBaseline) -> ModelMetrics:
     """Export a freshly loaded model version and return the object its predictions go through.
 
-    Call it while loading, before the swap: it raises ValueError, naming the field, when
-    meta.json lacks a usable `created_at` or `score_baseline`. Every bin and the "none" variant
-    start at 0, so empty bins read 0 instead of missing.
+    `baseline` and `created_at` come from the version's meta.json (registry.meta.ModelMeta has
+    validated them). Every bin and the "none" variant start at 0, so empty bins read 0 instead
+    of missing.
     """
-    edges, fractions = _score_baseline(version, meta)
-    trained = _trained_at(version, meta)
-    trained_at = trained.strftime("%Y-%m-%dT%H:%M:%SZ")
-    model = ModelMetrics(version, str(meta.get("model_type", "unknown")), trained_at, edges)
-    for i, fraction in enumerate(fractions):
+    trained = created_at.replace(tzinfo=UTC) if created_at.tzinfo is None else created_at.astimezone(UTC)
+    model = ModelMetrics(version, model_type, trained.strftime("%Y-%m-%dT%H:%M:%SZ"), list(baseline.edges))
+    for i, fraction in enumerate(baseline.fractions):
         MODEL_PREDICTION_BASELINE_BIN_FRACTION.labels(version, str(i)).set(fraction)
     MODEL_TRAINED_TIMESTAMP.labels(version).set(trained.timestamp())
     return model
-
-
-def _score_baseline(version: str, meta: Mapping[str, Any]) -> tuple[list[float], list[float]]:
-    where = f"meta.json of model {version}: score_baseline"
-    try:
-        baseline = meta["score_baseline"]
-        edges = [float(e) for e in baseline["edges"]]
-        fractions = [float(f) for f in baseline["fractions"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(
-            f"{where} must be {{'edges': [numbers], 'fractions': [numbers]}}; "
-            f"got {meta.get('score_baseline')!r} ({type(exc).__name__}: {exc}). Retrain the model."
-        ) from exc
-    if not fractions or len(edges) != len(fractions) + 1:
-        raise ValueError(
-            f"{where} needs one more edge than fractions; got {len(edges)} edges and "
-            f"{len(fractions)} fractions."
-        )
-    if not all(math.isfinite(e) for e in edges) or edges != sorted(edges):
-        raise ValueError(f"{where}.edges must be finite and ascending; got {edges}.")
-    if not all(0.0 <= f <= 1.0 for f in fractions) or abs(sum(fractions) - 1.0) > 0.01:
-        raise ValueError(f"{where}.fractions must be in [0, 1] and sum to 1; got {fractions}.")
-    return edges, fractions
-
-
-def _trained_at(version: str, meta: Mapping[str, Any]) -> datetime:
-    value = meta.get("created_at")
-    try:
-        trained = datetime.fromisoformat(str(value))
-    except ValueError as exc:
-        raise ValueError(
-            f"meta.json of model {version}: created_at must be an ISO-8601 time such as "
-            f"'2024-05-01T12:00:00Z'; got {value!r}."
-        ) from exc
-    # meta.json times are UTC; a time without an offset is read as UTC, not local time
-    return trained.replace(tzinfo=UTC) if trained.tzinfo is None else trained.astimezone(UTC)
 
 
 _http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from ab.config import ConfigError, load_experiment
+from registry.store import Registry
 from stack.settings import get_settings
-from train.registry import Registry
 
 CONFIG = Path(__file__).with_name("gunicorn.conf.py")
 

@@ -26,6 +26,7 @@ from features.codec import CODEC
 from features.schema import example_features, schema_as_dicts
 from features.spec import SPEC
 from monitoring import metrics as prom
+from registry.store import Registry
 from serve.logs import request_id
 from serve.models import LoadedModel, ModelStore
 from serve.validation import (
@@ -38,7 +39,6 @@ from serve.validation import (
     parse_json,
 )
 from stack.settings import Settings, get_settings
-from train.registry import Registry
 
 log = logging.getLogger("serve.app")
 JSON = "application/json"
@@ -196,7 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def score_one(row: list[float], key: str | int | None) -> Response:
         model, variant = routed(key)
         started = time.perf_counter()
-        score = model.scorer.one(row)
+        score = model.model.score_one(row)
         model.metrics.observe(score, time.perf_counter() - started, variant)
         return json_response({"score": score, "model_version": model.version, "variant": variant})
 
@@ -223,16 +223,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             errors = [e for i, r in enumerate(rows) for e in codec.errors(r, ("rows", i))]
             raise RequestError(422, errors[:50])
         started = time.perf_counter()
-        scores = model.scorer.many(X)
+        scores = model.model.score(X)
         model.metrics.observe_many(scores, time.perf_counter() - started)
         scores = scores.tolist()
         return json_response({"scores": scores, "model_version": model.version})
 
     def engine():
+        # Per worker: 4 pooled connections (WEB_CONCURRENCY x 4 in all), no overflow; a request
+        # waits at most 1 s for one, the database gets 2 s, then the request is a 503.
+        # Autocommit, no pre-ping: one round trip per request (features/db.py make_engine).
         if "engine" not in engine_box:
             from features.db import make_engine
 
-            engine_box["engine"] = make_engine(settings.database_url, pool_size=4, connect_timeout=3)
+            engine_box["engine"] = make_engine(
+                settings.database_url, pool_size=4, max_overflow=0, pool_timeout=1.0, connect_timeout=2,
+                statement_timeout=2.0, autocommit=True, pre_ping=False)
         return engine_box["engine"]
 
     def online_features(key: str | int) -> dict | None:
@@ -295,7 +300,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "params", "library_versions", "rows", "as_of_dates", "notes", "schema_fingerprint")
         return json_response({
             "current": state.current.version,
-            "models": {v: {k: m.meta.get(k) for k in keep} for v, m in state.models.items()},
+            "models": {v: m.meta.model_dump(mode="json", include=set(keep)) for v, m in state.models.items()},
             "experiment": None if state.experiment is None else {
                 "name": state.experiment.name,
                 "variants": [{"name": v.name, "weight": v.weight, "model": v.model} for v in state.experiment.variants],

@@ -7,25 +7,21 @@ reference in one assignment, so a request sees either the old models or the new,
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ab.assign import assign
 from ab.config import CURRENT, ConfigError, Experiment, load_experiment
 from features.codec import CODEC, Codec
 from features.schema import schema_fingerprint
 from monitoring import metrics as prom
-from train.artifact import Scorer
-from train.registry import Registry, RegistryError
+from registry.meta import SELF_CHECK_TOLERANCE, ModelMeta
+from registry.models import Model, self_check_problem
+from registry.store import Registry, RegistryError
 
 log = logging.getLogger("serve.models")
-SELF_CHECK_TOLERANCE = 1e-6
-# An artifact pickled by other versions of these may load but score differently (or crash).
-PINNED_LIBRARIES = ("lightgbm", "scikit-learn", "numpy")
 
 
 class ModelLoadError(RuntimeError):
@@ -37,8 +33,8 @@ class LoadedModel:
     """One model version ready to score."""
 
     version: str
-    meta: dict[str, Any]
-    scorer: Scorer
+    meta: ModelMeta
+    model: Model
     metrics: prom.ModelMetrics
     loaded_at: float = field(default_factory=time.time)
 
@@ -61,47 +57,33 @@ class ServingState:
         return self.models[variant.model], variant.name
 
 
-def installed_versions() -> dict[str, str]:
-    """Versions of the libraries in PINNED_LIBRARIES in this process."""
-    from importlib.metadata import version
-
-    return {name: version(name) for name in PINNED_LIBRARIES}
-
-
-def load_model(registry: Registry, version: str, encoder: Codec) -> LoadedModel:
+def load_model(registry: Registry, version: str, codec: Codec) -> LoadedModel:
     """Load `version`, refuse it if this server cannot serve it faithfully, self-check it."""
     try:
-        artifact, meta = registry.load(version)
+        model, meta = registry.load(version)
     except RegistryError as exc:
         raise ModelLoadError(str(exc)) from None
-    trained_with = meta.get("library_versions", {})
-    here = installed_versions()
-    mismatched = {k: (trained_with.get(k), v) for k, v in here.items() if trained_with.get(k) != v}
+    mismatched = meta.library_mismatches()
     if mismatched:
         detail = ", ".join(f"{k} trained {a} / serving {b}" for k, (a, b) in mismatched.items())
         raise ModelLoadError(f"model {version}: library versions differ ({detail}); retrain with this image")
-    if meta.get("schema_fingerprint") != schema_fingerprint():
-        raise ModelLoadError(f"model {version}: feature schema {meta.get('schema_fingerprint')} differs from "
+    if meta.schema_fingerprint != schema_fingerprint():
+        raise ModelLoadError(f"model {version}: feature schema {meta.schema_fingerprint} differs from "
                              f"this server's {schema_fingerprint()}; deploy the matching server code")
     try:
-        scorer = Scorer(artifact)
-        rows = meta.get("self_check") or []
-        if not rows:
-            raise ModelLoadError(f"model {version}: meta.json has no self_check rows")
-        for i, row in enumerate(rows):
-            encoded = encoder.row(row["features"])
-            if encoded is None:
-                problems = "; ".join(e["msg"] for e in encoder.errors(row["features"], ("features",)))
-                raise ModelLoadError(f"model {version}: self-check row {i} breaks the feature schema: {problems}")
-            got = scorer.one(encoded)
-            if not math.isfinite(got) or abs(got - row["expected"]) > SELF_CHECK_TOLERANCE:
-                raise ModelLoadError(f"model {version}: self-check row {i} scored {got}, expected {row['expected']}")
-        model_metrics = prom.register_model(version, meta)
+        encoded = codec.matrix([r.features for r in meta.self_check])
+        if encoded is None:
+            problems = "; ".join(e["msg"] for r in meta.self_check for e in codec.errors(r.features, ("features",)))
+            raise ModelLoadError(f"model {version}: self-check rows break the feature schema: {problems}")
+        problem = self_check_problem(model, encoded, [r.expected for r in meta.self_check], SELF_CHECK_TOLERANCE)
+        if problem:
+            raise ModelLoadError(f"model {version}: {problem}")
+        model_metrics = prom.register_model(version, meta.model_type, meta.created_at, meta.score_baseline)
     except ModelLoadError:
         raise
     except Exception as exc:  # a broken artifact can fail in many ways; none may crash the worker
         raise ModelLoadError(f"model {version}: {type(exc).__name__}: {exc}") from None
-    return LoadedModel(version, meta, scorer, model_metrics)
+    return LoadedModel(version, meta, model, model_metrics)
 
 
 def _servable(experiment: Experiment | None, models: dict[str, LoadedModel]) -> bool:
@@ -115,7 +97,7 @@ class ModelStore:
     def __init__(self, registry: Registry, ab_config: Path | None = None) -> None:
         self.registry = registry
         self.ab_config = ab_config
-        self.encoder = CODEC
+        self.codec = CODEC
         self.state = ServingState()
         self.failed: dict[str, str] = {}  # version -> why it was refused (not retried until forced)
         self.config_error: str | None = None
@@ -166,7 +148,7 @@ class ModelStore:
                 if name in self.failed and not force:
                     continue
                 try:
-                    models[name] = load_model(self.registry, name, self.encoder)
+                    models[name] = load_model(self.registry, name, self.codec)
                     self.failed.pop(name, None)
                 except ModelLoadError as exc:
                     self.failed[name] = str(exc)

@@ -107,7 +107,7 @@ def _cadence_class(per_month: float) -> str:
 def audit_serving(model_dir: Path, ab_config: Path, now: datetime) -> Finding:
     """Models in service (current + A/B variants), grouped by resource needs and release cadence."""
     from ab.config import CURRENT, ConfigError, load_experiment
-    from train.registry import Registry, RegistryError
+    from registry.store import Registry, RegistryError
 
     registry = Registry(model_dir)
     current = registry.current()
@@ -127,7 +127,7 @@ def audit_serving(model_dir: Path, ab_config: Path, now: datetime) -> Finding:
 
     def model_type(version: str) -> str | None:
         try:
-            return str(registry.meta(version).get("model_type") or "unknown")
+            return registry.meta(version).model_type
         except RegistryError:  # not in the registry, or not a version id
             return None
 
@@ -257,7 +257,7 @@ def audit_feature_store(model_dir: Path, ab_config: Path, consumers_file: Path,
                         parity: Parity) -> Finding:
     """Feature consumers (distinct schemas in service + declared consumers) and train/serve skew."""
     from ab.config import CURRENT, ConfigError, load_experiment
-    from train.registry import Registry, RegistryError
+    from registry.store import Registry, RegistryError
 
     registry = Registry(model_dir)
     versions = {registry.current()}
@@ -270,7 +270,7 @@ def audit_feature_store(model_dir: Path, ab_config: Path, consumers_file: Path,
     fingerprints = set()
     for version in sorted(filter(None, versions)):
         try:
-            fingerprints.add(registry.meta(version).get("schema_fingerprint") or "unknown")
+            fingerprints.add(registry.meta(version).schema_fingerprint)
         except RegistryError:  # a pinned version that is not there: the serving trigger says so
             continue
     declared = _listed_names(consumers_file)

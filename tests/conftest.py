@@ -132,7 +132,7 @@ def free_port() -> int:
 def small_models(tmp_path_factory, small_sqlite_url):
     """A registry with two trained versions on the small demo; the first is `current`."""
     from train.pipeline import TrainConfig, run
-    from train.registry import Registry
+    from registry.store import Registry
 
     root = tmp_path_factory.mktemp("models")
     registry = Registry(root / "models")
@@ -146,7 +146,7 @@ def small_models(tmp_path_factory, small_sqlite_url):
 
 def copy_registry(registry, dest: Path):
     """A private copy of a registry, for tests that change `current` or break files."""
-    from train.registry import Registry
+    from registry.store import Registry
 
     shutil.copytree(registry.root, dest)
     return Registry(dest)

@@ -10,20 +10,14 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
 import sys
-from datetime import UTC, datetime
-
-from filelock import FileLock, Timeout
 
 from features.build import EmptyDataError, FeatureSQLError
 from features.db import DatabaseError, check_connection, make_engine
 from features.spec import SPEC
+from registry.store import Registry, RegistryError
 from stack.settings import get_settings
-from train.pipeline import MODEL_TYPES, TrainConfig, TrainError, params_from_cli, run
-from train.registry import Registry, RegistryError
+from train.pipeline import MODEL_TYPES, TrainConfig, TrainError, TrainingBusy, params_from_cli, run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,20 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.if_missing and registry.current():
         print(f"train: {registry.current()} is deployed; nothing to do (--if-missing)")
         return 0
-    registry.root.mkdir(parents=True, exist_ok=True)
-    lock_path = registry.root / ".train.lock"
-    holder_path = registry.root / ".train.lock.holder"
-    lock = FileLock(str(lock_path), timeout=0)
     try:
-        lock.acquire()
-    except Timeout:
-        holder = holder_path.read_text().strip() if holder_path.exists() else "unknown"
-        print(f"train: another training run holds {lock_path} ({holder}); wait for it to finish",
-              file=sys.stderr)
-        return 3
-    try:
-        holder_path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                           "started_at": datetime.now(UTC).isoformat(timespec="seconds")}))
         config = TrainConfig(
             model_type=args.model, params=params_from_cli(args.param), as_of_count=args.as_of_count,
             tolerance=args.tolerance, notes=args.notes, deploy=not args.no_deploy, force=args.force,
@@ -75,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         engine = make_engine(settings.database_url)
         check_connection(engine)
         result = run(engine, registry, settings.experiments_log, config)
+    except TrainingBusy as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 3
     except (TrainError, DatabaseError, EmptyDataError, FeatureSQLError, RegistryError) as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 2
-    finally:
-        holder_path.unlink(missing_ok=True)
-        lock.release()
     state = "deployed" if result.promoted else "not deployed"
     print(f"train: {result.version} roc_auc={result.metrics['roc_auc']:.4f} ({state}: {result.decision})")
     return 0

@@ -1,7 +1,9 @@
 """The training pipeline as named steps; `run()` chains them and prints progress.
 
-Each step is a plain function so a test can call it alone:
-load -> check -> split -> fit -> evaluate -> gate -> save -> deploy -> log.
+Each step is a plain function so a test can call it alone; `STEPS` declares their order:
+load -> check -> split -> fit -> evaluate -> gate -> save -> deploy -> log. The model comes
+from registry.models and is saved through registry.Registry, with its typed meta.json.
+`run()` holds the registry's training lock, whoever calls it (CLI, ab.demo, tests, a notebook).
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import getpass
 import hashlib
 import json
 import os
-import platform
+import socket
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 from sqlalchemy import Engine
 
 from experiments.log import append_run
@@ -35,11 +39,20 @@ from features.schema import (
     schema_from_dicts,
 )
 from features.spec import SPEC
-from train.artifact import predict
+from registry import models
+from registry.meta import (
+    SELF_CHECK_TOLERANCE,
+    ModelMeta,
+    Rows,
+    ScoreBaseline,
+    SelfCheckRow,
+    recorded_versions,
+)
+from registry.models import MODEL_TYPES, Model, ModelError
+from registry.store import Registry, RegistryError, new_version
 from train.evaluate import METRICS, metrics, save_plots, score_baseline
-from train.registry import Registry, RegistryError, new_version
 
-MODEL_TYPES = ("lightgbm", "logreg")
+STEPS = ("load", "check", "split", "fit", "evaluate", "gate", "save", "deploy", "log")
 # LightGBM: 150 trees at learning rate 0.1 scored like 300 at 0.05 (ROC AUC 0.9057 vs 0.9062,
 # experiments/runs.csv) at half the prediction cost, which bounds /predict/batch throughput.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
@@ -52,11 +65,14 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "logreg": {"C": 1.0, "max_iter": 500},
 }
 SELF_CHECK_ROWS = 32
-SELF_CHECK_TOLERANCE = 1e-9
 
 
 class TrainError(RuntimeError):
     """Training cannot go on; the message says what was wrong and what to do."""
+
+
+class TrainingBusy(TrainError):
+    """Another training run holds the registry's lock."""
 
 
 @dataclass
@@ -125,95 +141,46 @@ def split(frame: pd.DataFrame, holdout_dates: int) -> tuple[pd.DataFrame, pd.Dat
 
 def check_params(model_type: str, params: dict[str, Any]) -> None:
     """Refuse parameters the model does not know (a typo would otherwise be ignored, yet logged)."""
-    if model_type == "lightgbm":
-        from lightgbm.basic import _ConfigAliases
-
-        aliases = _ConfigAliases._get_all_param_aliases()
-        known = set(aliases) | {a for names in aliases.values() for a in names}
-    elif model_type == "logreg":
-        from sklearn.linear_model import LogisticRegression
-
-        known = set(LogisticRegression().get_params())
-    else:
-        raise TrainError(f"unknown model type {model_type!r}; choose one of {MODEL_TYPES}")
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise TrainError(f"unknown {model_type} parameter(s) {unknown}; see the {model_type} documentation "
-                         "for the names it takes")
+    try:
+        models.check_params(model_type, params)
+    except ModelError as exc:
+        raise TrainError(str(exc)) from None
 
 
-def fit(train: pd.DataFrame, model_type: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Fit a model on the encoded frame; returns the artifact dict."""
+def fit(train: pd.DataFrame, model_type: str, params: dict[str, Any]) -> Model:
+    """Fit a model on the encoded frame."""
     check_params(model_type, params)
-    X, y = CODEC.encode_frame(train), train[LABEL].to_numpy()
-    names = [f.name for f in FEATURES]
-    if model_type == "lightgbm":
-        import lightgbm as lgb
-
-        p = dict(params)
-        rounds = int(p.pop("num_boost_round", 300))
-        data = lgb.Dataset(X, y, feature_name=names, categorical_feature=CODEC.categorical_indices(), free_raw_data=False)
-        estimator = lgb.train(p, data, num_boost_round=rounds)
-    elif model_type == "logreg":
-        from sklearn.compose import ColumnTransformer
-        from sklearn.impute import SimpleImputer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-        cats = CODEC.categorical_indices()
-        nums = [i for i in range(len(names)) if i not in cats]
-        prep = ColumnTransformer([
-            ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"),
-                                  OneHotEncoder(handle_unknown="ignore")), cats),
-            ("num", make_pipeline(SimpleImputer(strategy="median", add_indicator=True),
-                                  StandardScaler()), nums),
-        ])
-        estimator = make_pipeline(prep, LogisticRegression(**params)).fit(X, y)
-    else:
-        raise TrainError(f"unknown model type {model_type!r}; choose one of {MODEL_TYPES}")
-    return {"model_type": model_type, "estimator": estimator, "feature_names": names}
+    return models.fit(model_type, CODEC.encode_frame(train), train[LABEL].to_numpy(), params,
+                      CODEC.names, CODEC.categorical_indices())
 
 
-def importance(artifact: dict[str, Any]) -> dict[str, float]:
-    """Gain importance (LightGBM) or |coefficient| mass per feature (logreg)."""
-    names = artifact["feature_names"]
-    if artifact["model_type"] == "lightgbm":
-        gains = artifact["estimator"].feature_importance(importance_type="gain")
-        return {n: float(g) for n, g in zip(names, gains, strict=True)}
-    return {}
-
-
-def evaluate(artifact: dict[str, Any], holdout: pd.DataFrame) -> tuple[dict[str, float], np.ndarray]:
+def evaluate(model: Model, holdout: pd.DataFrame) -> tuple[dict[str, float], np.ndarray]:
     """Metrics on the holdout, and the scores they came from."""
-    scores = predict(artifact, CODEC.encode_frame(holdout))
+    scores = model.score(CODEC.encode_frame(holdout))
     return metrics(holdout[LABEL].to_numpy(), scores), scores
 
 
-def self_check_rows(artifact: dict[str, Any], holdout: pd.DataFrame, n: int = SELF_CHECK_ROWS) -> list[dict]:
-    """Sample rows with the scores the model gives them through the serving encoder."""
+def self_check_rows(model: Model, holdout: pd.DataFrame, n: int = SELF_CHECK_ROWS) -> list[SelfCheckRow]:
+    """Sample rows with the scores the model gives them through the server's path (codec, score_one)."""
     sample = holdout.sample(n=min(n, len(holdout)), random_state=0)
     rows = feature_rows(sample)
     encoded = CODEC.matrix(rows)  # checked by the rules the server applies to requests
     if encoded is None:
         problems = [e["msg"] for r in rows for e in CODEC.errors(r, ("features",))]
         raise TrainError(f"self-check rows break the feature schema: {problems[:5]}")
-    scores = predict(artifact, encoded)
-    return [{"features": r, "expected": float(s)} for r, s in zip(rows, scores, strict=True)]
+    return [SelfCheckRow(features=r, expected=model.score_one(list(x))) for r, x in zip(rows, encoded, strict=True)]
 
 
-def verify_self_check(artifact: dict[str, Any], rows: list[dict], tolerance: float = SELF_CHECK_TOLERANCE) -> None:
+def verify_self_check(model: Model, rows: list[SelfCheckRow]) -> None:
     """Re-score the stored rows; raise if any score moved (a broken artifact or library)."""
     if not rows:
         raise TrainError("the artifact has no self-check rows")
-    encoded = CODEC.matrix([r["features"] for r in rows])
+    encoded = CODEC.matrix([r.features for r in rows])
     if encoded is None:
         raise TrainError("self-check rows break the feature schema")
-    got = predict(artifact, encoded)
-    expected = np.array([r["expected"] for r in rows])
-    worst = float(np.max(np.abs(got - expected)))
-    if worst > tolerance:
-        raise TrainError(f"self-check failed: scores differ from the stored ones by up to {worst:.3g}")
+    problem = models.self_check_problem(model, encoded, [r.expected for r in rows], SELF_CHECK_TOLERANCE)
+    if problem:
+        raise TrainError(f"self-check failed: {problem}")
 
 
 @dataclass
@@ -225,7 +192,7 @@ class Decision:
     champion_metrics: dict[str, float] | None = None
 
 
-def gate(registry: Registry, challenger: dict[str, Any], challenger_metrics: dict[str, float],
+def gate(registry: Registry, challenger: Model, challenger_metrics: dict[str, float],
          holdout: pd.DataFrame, tolerance: float) -> Decision:
     """Promote only if the challenger is not worse than the champion on the same holdout."""
     champion_version = registry.current()
@@ -237,7 +204,7 @@ def gate(registry: Registry, challenger: dict[str, Any], challenger_metrics: dic
         raise TrainError(f"the current model cannot be loaded, so it cannot be compared: {exc}. "
                          "Fix or roll back (`make rollback TO=<version>`), or retrain with "
                          "--force --reason '...'") from None
-    problems = incompatibilities(schema_from_dicts(meta["feature_schema"]), FEATURES)
+    problems = incompatibilities(schema_from_dicts(meta.feature_schema), FEATURES)
     if problems:
         return Decision(False, "schema incompatible with the champion: " + "; ".join(problems))
     champ_metrics, _ = evaluate(champion, holdout)
@@ -266,34 +233,52 @@ def git_state() -> tuple[str, bool]:
         return os.environ.get("GIT_COMMIT", "unknown"), False
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries an artifact depends on; the server refuses a mismatch."""
-    import joblib
-    import lightgbm
-    import sklearn
-
-    return {"python": platform.python_version(), "numpy": np.__version__, "lightgbm": lightgbm.__version__,
-            "scikit-learn": sklearn.__version__, "joblib": joblib.__version__}
-
-
 # -- the run -----------------------------------------------------------------------------------
 
 def run(engine: Engine | None, registry: Registry, experiments_log: Path, config: TrainConfig,
         progress: Callable[[str], None] = print, frame: pd.DataFrame | None = None) -> RunResult:
-    """Train, evaluate, gate, save, log and (maybe) deploy one model.
+    """Train, evaluate, gate, save, log and (maybe) deploy one model, holding the training lock.
 
     `frame` skips the load step (tests and notebooks that already hold the training frame).
+    TrainingBusy when another run holds the lock of this registry.
     """
     if config.model_type not in MODEL_TYPES:
         raise TrainError(f"unknown model type {config.model_type!r}; choose one of {MODEL_TYPES}")
     if config.force and not config.reason:
         raise TrainError("--force needs --reason '...': the reason goes to history.csv")
     check_params(config.model_type, {**DEFAULT_PARAMS[config.model_type], **config.params})
+    with training_lock(registry):
+        return _run(engine, registry, experiments_log, config, progress, frame)
+
+
+@contextmanager
+def training_lock(registry: Registry):
+    """One training run per registry at a time; the holder is written beside the lock."""
+    registry.root.mkdir(parents=True, exist_ok=True)
+    lock_path, holder_path = registry.root / ".train.lock", registry.root / ".train.lock.holder"
+    lock = FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = holder_path.read_text().strip() if holder_path.exists() else "unknown"
+        raise TrainingBusy(f"another training run holds {lock_path} ({holder}); wait for it to finish") from None
+    try:
+        holder_path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                           "started_at": datetime.now(UTC).isoformat(timespec="seconds")}))
+        yield
+    finally:
+        holder_path.unlink(missing_ok=True)
+        lock.release()
+
+
+def _run(engine: Engine | None, registry: Registry, experiments_log: Path, config: TrainConfig,
+         progress: Callable[[str], None], frame: pd.DataFrame | None) -> RunResult:
     started = datetime.now(UTC)
     timings: dict[str, float] = {}
     t_run = time.perf_counter()
 
     def step(name: str, fn, *args):
+        assert name in STEPS, name
         t0 = time.perf_counter()
         out = fn(*args)
         timings[name] = time.perf_counter() - t0
@@ -311,10 +296,10 @@ def run(engine: Engine | None, registry: Registry, experiments_log: Path, config
     progress(f"[split] train {len(train):,} rows, holdout {len(holdout):,} rows "
              f"(as_of >= {pd.Timestamp(holdout['as_of'].min()):%Y-%m-%d})")
     params = {**DEFAULT_PARAMS[config.model_type], **config.params}
-    artifact = step("fit", fit, train, config.model_type, params)
-    challenger_metrics, holdout_scores = step("evaluate", evaluate, artifact, holdout)
+    model = step("fit", fit, train, config.model_type, params)
+    challenger_metrics, holdout_scores = step("evaluate", evaluate, model, holdout)
     progress("[evaluate] " + "  ".join(f"{k}={challenger_metrics[k]:.4f}" for k in METRICS))
-    decision = step("gate", gate, registry, artifact, challenger_metrics, holdout, config.tolerance)
+    decision = step("gate", gate, registry, model, challenger_metrics, holdout, config.tolerance)
     if config.force and not decision.promote:
         decision = Decision(True, f"forced ({config.reason}); gate said: {decision.reason}", decision.champion_metrics)
     if config.shuffle_labels:  # the champion was scored on shuffled labels too: the gate means nothing
@@ -325,42 +310,42 @@ def run(engine: Engine | None, registry: Registry, experiments_log: Path, config
 
     version = new_version(started)
     commit, dirty = git_state()
-    train_scores = predict(artifact, CODEC.encode_frame(train))
-    meta = {
-        "version": version,
-        "created_at": started.isoformat(timespec="seconds"),
-        "model_type": config.model_type,
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "data_fingerprint": fingerprint(frame),
-        "rows": {"train": len(train), "holdout": len(holdout)},
-        "as_of_dates": [f"{pd.Timestamp(d):%Y-%m-%d}" for d in sorted(frame["as_of"].unique())],
-        "library_versions": library_versions(),
-        "feature_schema": schema_as_dicts(),
-        "schema_fingerprint": schema_fingerprint(),
-        "params": params,
-        "metrics": challenger_metrics,
-        "score_baseline": score_baseline(train_scores),
-        "self_check": self_check_rows(artifact, holdout),
-        "notes": config.notes,
-    }
+    train_scores = model.score(CODEC.encode_frame(train))
+    meta = ModelMeta(
+        version=version,
+        created_at=started.replace(microsecond=0),
+        model_type=config.model_type,
+        git_commit=commit,
+        git_dirty=dirty,
+        data_fingerprint=fingerprint(frame),
+        rows=Rows(train=len(train), holdout=len(holdout)),
+        as_of_dates=[f"{pd.Timestamp(d):%Y-%m-%d}" for d in sorted(frame["as_of"].unique())],
+        library_versions=recorded_versions(),
+        feature_schema=schema_as_dicts(),
+        schema_fingerprint=schema_fingerprint(),
+        params=params,
+        metrics=challenger_metrics,
+        score_baseline=ScoreBaseline(**score_baseline(train_scores)),
+        self_check=self_check_rows(model, holdout),
+        notes=config.notes,
+    )
 
     def extras(folder: Path) -> None:
-        save_plots(folder, holdout[LABEL].to_numpy(), holdout_scores, importance(artifact))
+        save_plots(folder, holdout[LABEL].to_numpy(), holdout_scores, model.importance())
 
-    step("save", registry.write, version, artifact, meta, extras)
+    step("save", registry.write, model, meta, extras)
     # Check what is on disk, not what is in memory: the server will load the file.
-    reloaded, _ = registry.load(version)
-    verify_self_check(reloaded, meta["self_check"])
+    reloaded, stored = registry.load(version)
+    verify_self_check(reloaded, stored.self_check)
     progress(f"[save] {registry.path(version)}")
 
     if decision.promote:
         step("deploy", registry.set_current, version, "promote", decision.reason)
         progress(f"[deploy] current -> {version}")
     timings["total"] = time.perf_counter() - t_run
-    append_run(experiments_log, {
-        "started_at": meta["created_at"], "run_id": version, "git_commit": commit, "git_dirty": dirty,
-        "user": _user(), "data_fingerprint": meta["data_fingerprint"], "rows_train": len(train),
+    step("log", append_run, experiments_log, {
+        "started_at": started.isoformat(timespec="seconds"), "run_id": version, "git_commit": commit,
+        "git_dirty": dirty, "user": _user(), "data_fingerprint": meta.data_fingerprint, "rows_train": len(train),
         "rows_holdout": len(holdout), "model_type": config.model_type,
         "params": {k: v for k, v in params.items() if k not in ("verbosity",)},
         **{k: challenger_metrics[k] for k in METRICS},

@@ -16,6 +16,7 @@ from experiments.log import append_run
 from features.schema import FEATURES
 from features.spec import SPEC
 from stack import audit
+from tests.registry.test_meta import full_meta
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -95,8 +96,8 @@ def registry(root: Path, types: dict[str, str], sizes: dict[str, int], promotion
     for version, model_type in types.items():
         folder = root / "versions" / version
         folder.mkdir(parents=True)
-        (folder / "meta.json").write_text(json.dumps({"version": version, "model_type": model_type,
-                                                      "schema_fingerprint": "abc123def456"}))
+        (folder / "meta.json").write_text(json.dumps(full_meta(version=version, model_type=model_type,
+                                                               schema_fingerprint="abc123def456")))
         (folder / "model.joblib").write_bytes(b"x" * sizes[version])
     (root / "current").write_text(V1 + "\n")
     lines = ["at,action,from_version,to_version,reason"]

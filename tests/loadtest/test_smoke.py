@@ -60,7 +60,7 @@ def server(tmp_path_factory, small_demo) -> Iterator[tuple[str, Path]]:
     no second interpreter importing scikit-learn) and builds the payloads: the slow part.
     """
     from train.pipeline import TrainConfig, run
-    from train.registry import Registry
+    from registry.store import Registry
 
     tmp = tmp_path_factory.mktemp("loadtest_server")
     url = f"sqlite:///{tmp / 'app.db'}"

@@ -200,7 +200,7 @@ def predictions_by_process(multiproc_dir: Path, scratch: Path) -> dict[str, floa
 def model_dir(small_sqlite_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with one model trained and deployed on the small demo data."""
     from train.pipeline import TrainConfig, run
-    from train.registry import Registry
+    from registry.store import Registry
 
     root = tmp_path_factory.mktemp("e2e-models")
     # one thread: OpenMP threads spin-waiting on a busy 2-core CI machine slow training tenfold

@@ -19,7 +19,6 @@ from monitoring import metrics as prom
 from serve.app import create_app
 from stack.settings import Settings
 from tests.conftest import EXPECT, KEY, copy_registry, some_keys
-from train.artifact import predict
 
 # features of each kind, from whatever domain the spec describes
 NUM = next(f for f in FEATURES if f.kind == "numeric" and not f.nullable)
@@ -48,8 +47,8 @@ def holdout(small_sqlite_url):
 
 def test_scores_equal_the_models_own_predictions(client, small_models, holdout):
     registry, v1, _ = small_models
-    artifact, _ = registry.load(v1)
-    expected = predict(artifact, CODEC.encode_frame(holdout))
+    model, _ = registry.load(v1)
+    expected = model.score(CODEC.encode_frame(holdout))
     rows = feature_rows(holdout)
     single = [client.post("/predict", json={"features": r}).json() for r in rows[:20]]
     assert all(s["model_version"] == v1 and s["variant"] is None for s in single)
@@ -217,7 +216,7 @@ def test_admin_reload(client, small_models, small_sqlite_url, tmp_path):
 
 
 def test_not_ready_without_a_model(tmp_path, small_sqlite_url, holdout):
-    from train.registry import Registry
+    from registry.store import Registry
 
     with TestClient(create_app(settings_for(Registry(tmp_path / "empty"), small_sqlite_url, tmp_path))) as c:
         assert c.get("/health").status_code == 200

@@ -68,7 +68,7 @@ def server_and_registry(tmp_path, small_models, small_sqlite_url):
 
 
 def _features(registry, version):
-    return registry.meta(version)["self_check"][0]["features"]
+    return registry.meta(version).self_check[0].features
 
 
 def test_hot_swap_under_load_fails_no_request(server_and_registry, small_models):

@@ -21,9 +21,8 @@ from features.codec import CODEC
 from features.schema import FEATURE_NAMES, FEATURES, LABEL
 from tests.conftest import EXPECT, ROOT
 from train import pipeline
-from train.artifact import predict
 from train.pipeline import TrainConfig, TrainError
-from train.registry import Registry, RegistryError
+from registry.store import Registry, RegistryError
 
 # a required number and a categorical of whatever domain the spec describes
 NUM = next(f for f in FEATURES if f.kind == "numeric" and not f.nullable)
@@ -63,8 +62,8 @@ def test_shuffled_labels_learn_nothing(recent_frame):
     for seed in range(3):
         noisy = recent_frame.assign(**{LABEL: np.random.default_rng(seed).permutation(recent_frame[LABEL].to_numpy())})
         train, holdout = pipeline.split(noisy, 1)
-        artifact = pipeline.fit(train, "lightgbm", pipeline.DEFAULT_PARAMS["lightgbm"])
-        aucs.append(pipeline.evaluate(artifact, holdout)[0]["roc_auc"])
+        model = pipeline.fit(train, "lightgbm", pipeline.DEFAULT_PARAMS["lightgbm"])
+        aucs.append(pipeline.evaluate(model, holdout)[0]["roc_auc"])
     # ~19k holdout rows at ~9% positive: the AUC's standard error is about 0.007
     assert all(abs(a - 0.5) < 0.03 for a in aucs), aucs
 
@@ -99,7 +98,7 @@ def test_same_data_code_and_seed_give_the_same_model(split_frames):
     a = pipeline.fit(train, "lightgbm", pipeline.DEFAULT_PARAMS["lightgbm"])
     b = pipeline.fit(train, "lightgbm", pipeline.DEFAULT_PARAMS["lightgbm"])
     X = CODEC.encode_frame(holdout)
-    np.testing.assert_array_equal(predict(a, X), predict(b, X))
+    np.testing.assert_array_equal(a.score(X), b.score(X))
 
 
 def test_gate_keeps_a_better_champion_and_force_overrides(tmp_path, recent_frame):
@@ -227,10 +226,10 @@ def test_history_csv_is_readable(first_run):
 
 def test_scores_match_the_model_on_the_training_path(first_run, split_frames):
     registry, _, result = first_run
-    artifact, meta = registry.load(result.version)
+    model, meta = registry.load(result.version)
     _, holdout = split_frames
-    direct = predict(artifact, CODEC.encode_frame(holdout))
-    assert roc_auc_score(holdout[LABEL], direct) == pytest.approx(meta["metrics"]["roc_auc"], abs=1e-12)
+    direct = model.score(CODEC.encode_frame(holdout))
+    assert roc_auc_score(holdout[LABEL], direct) == pytest.approx(meta.metrics["roc_auc"], abs=1e-12)
 
 
 @pytest.mark.parametrize("model_type, params, bad", [

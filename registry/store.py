@@ -1,4 +1,4 @@
-"""The model registry: a folder. Versions are immutable directories; `current` names the live one.
+"""The registry store: a folder. Versions are immutable directories; `current` names the live one.
 
     $MODEL_DIR/versions/<version>/{model.joblib, meta.json, *.png}
     $MODEL_DIR/current        one line: the version serving traffic (replaced by rename)
@@ -6,25 +6,24 @@
 
 joblib files are pickles: loading one runs code. Only load artifacts this registry wrote.
 
-    python -m train.registry list | rollback [--to VERSION] [--reason TEXT]
+    python -m registry list | rollback [--to VERSION] [--reason TEXT]
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import os
 import re
 import secrets
 import shutil
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import joblib
+
+from registry.meta import MetaError, ModelMeta
+from registry.models import Model, ModelError, from_artifact, to_artifact
 
 VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 HISTORY_FIELDS = ("at", "action", "from_version", "to_version", "reason")
@@ -85,25 +84,30 @@ class Registry:
             raise RegistryError(f"model version {version} not found in {self.versions_dir} (latest: {known})")
         return folder
 
-    def meta(self, version: str) -> dict[str, Any]:
-        """meta.json of `version`."""
+    def meta(self, version: str) -> ModelMeta:
+        """meta.json of `version`, validated (RegistryError names the field that is wrong)."""
         path = self.path(version) / "meta.json"
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise RegistryError(f"cannot read {path}: {exc}") from None
+            text = path.read_bytes()
+        except OSError as exc:
+            raise RegistryError(f"cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            return ModelMeta.from_json(text, f"meta.json of {version}")
+        except MetaError as exc:
+            raise RegistryError(str(exc)) from None
 
-    def load(self, version: str) -> tuple[Any, dict[str, Any]]:
-        """(artifact, meta) of `version`. Trusted files only: joblib is pickle."""
+    def load(self, version: str) -> tuple[Model, ModelMeta]:
+        """(model, meta) of `version`. Trusted files only: joblib is pickle."""
         meta = self.meta(version)
         path = self.path(version) / "model.joblib"
         try:
             artifact = joblib.load(path)
         except Exception as exc:  # a truncated or foreign file raises many different things
             raise RegistryError(f"cannot load {path}: {type(exc).__name__}: {exc}") from None
-        if not isinstance(artifact, dict) or "model_type" not in artifact:
-            raise RegistryError(f"{path} is not a model artifact written by `python -m train`")
-        return artifact, meta
+        try:
+            return from_artifact(artifact), meta
+        except ModelError as exc:
+            raise RegistryError(f"{path}: {exc}") from None
 
     def history(self) -> list[dict[str, str]]:
         """Rows of history.csv, oldest first."""
@@ -115,9 +119,8 @@ class Registry:
     # -- writing -----------------------------------------------------------------------------
     def write(
         self,
-        version: str,
-        artifact: Any,
-        meta: dict[str, Any],
+        model: Model,
+        meta: ModelMeta,
         extra: Callable[[Path], None] | None = None,
     ) -> Path:
         """Write a version atomically: into a temp folder, fsync, then one rename.
@@ -125,6 +128,7 @@ class Registry:
         `extra(folder)` may add files (plots). On any error the temp folder is removed and
         nothing becomes visible.
         """
+        version = meta.version
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         final = self.versions_dir / version
         if final.exists():
@@ -132,10 +136,10 @@ class Registry:
         tmp = self.versions_dir / f".tmp-{version}"
         try:
             tmp.mkdir()
-            joblib.dump(artifact, tmp / "model.joblib")
+            joblib.dump(to_artifact(model), tmp / "model.joblib")
             if extra:
                 extra(tmp)
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+            (tmp / "meta.json").write_text(meta.to_json())
             for file in tmp.iterdir():
                 with file.open("rb") as f:
                     os.fsync(f.fileno())
@@ -196,37 +200,3 @@ class Registry:
                 "to_version": version,
                 "reason": reason,
             })
-
-
-def main(argv: list[str] | None = None) -> int:
-    from stack.settings import get_settings
-
-    parser = argparse.ArgumentParser(prog="python -m train.registry", description="Inspect the model registry; roll back.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="versions with their metrics; * marks current")
-    rb = sub.add_parser("rollback", help="re-point current (default: the previously deployed version)")
-    rb.add_argument("--to", default=None, help="version to deploy")
-    rb.add_argument("--reason", default="", help="why (recorded in history.csv)")
-    args = parser.parse_args(argv)
-    registry = Registry(get_settings().model_dir)
-    try:
-        if args.command == "list":
-            current = registry.current()
-            for v in registry.versions():
-                meta = registry.meta(v)
-                auc = meta.get("metrics", {}).get("roc_auc")
-                mark = "*" if v == current else " "
-                print(f"{mark} {v}  {meta.get('model_type', '?'):9s}  roc_auc={auc if auc is None else f'{auc:.4f}'}")
-            if not registry.versions():
-                print(f"no model versions in {registry.versions_dir}: run `make train`")
-        else:
-            before, after = registry.rollback(args.to, args.reason)
-            print(f"rollback: current {before} -> {after} (recorded in {registry.history_file})")
-    except RegistryError as exc:
-        print(f"registry: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
