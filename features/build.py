@@ -44,15 +44,40 @@ class FeatureSQLError(RuntimeError):
     """A feature SQL file failed; the message names the file and the database's reason."""
 
 
-@cache
-def sql(name: str) -> TextClause:
-    """The statement in features/sql/<name>.sql, with datetime parameters typed."""
+def _body(name: str) -> str:
     # Comments are for people; drop them so a ":name" in prose is not taken for a parameter.
-    body = re.sub(r"--[^\n]*", "", (SQL_DIR / f"{name}.sql").read_text()).strip()
+    return re.sub(r"--[^\n]*", "", (SQL_DIR / f"{name}.sql").read_text()).strip().rstrip(";").strip()
+
+
+def _typed(body: str) -> TextClause:
     names = set(re.findall(r"(?<!:):(\w+)", body))
     return text(body).bindparams(
         *(bindparam(p, type_=DateTime()) for p in sorted(names & SPEC.datetime_params))
     )
+
+
+@cache
+def sql(name: str) -> TextClause:
+    """The statement in features/sql/<name>.sql, with datetime parameters typed."""
+    return _typed(_body(name))
+
+
+ONLINE_SQL_NAME = "the online statement (features/sql/" + " LEFT JOIN ".join(f"{n}.sql" for n in SPEC.sql) + ")"
+
+
+@cache
+def online_sql() -> TextClause:
+    """spec.yml's feature SQL files as one statement: the spine LEFT JOIN each other file USING (key).
+
+    One round trip (and one snapshot) per online request. USING makes both databases return the
+    key once; each file keeps its own `BETWEEN :first_key AND :last_key`, so each part is planned on
+    its (key, ts) index as it is alone (tests/features/test_online_sql.py reads the plans).
+    """
+    spine, *others = SPEC.sql
+    # positional aliases: a file's name need not be an SQL identifier
+    joins = "".join(f"\nLEFT JOIN (\n{_body(name)}\n) AS part{i} USING ({KEY})"
+                    for i, name in enumerate(others, 1))
+    return _typed(f"SELECT * FROM (\n{_body(spine)}\n) AS part0{joins}")
 
 
 def window_params(as_of: datetime) -> dict[str, datetime]:
@@ -60,12 +85,14 @@ def window_params(as_of: datetime) -> dict[str, datetime]:
     return SPEC.window_params(as_of)
 
 
-def _execute(conn: Connection, name: str, params: dict):
-    statement = sql(name)
+def _execute(conn: Connection, name: str, params: dict, *, statement: TextClause | None = None):
+    """Run features/sql/<name>.sql with `params`; or `statement`, which `name` then describes."""
+    what = f"features/sql/{name}.sql" if statement is None else name
+    statement = sql(name) if statement is None else statement
     unknown = set(statement._bindparams) - set(params)
     if unknown:
         raise FeatureSQLError(
-            f"features/sql/{name}.sql uses parameter(s) {sorted(':' + p for p in unknown)} that do not "
+            f"{what} uses parameter(s) {sorted(':' + p for p in unknown)} that do not "
             f"exist; available: {sorted(':' + p for p in params)} (windows come from spec.yml `windows`)")
     try:
         return conn.execute(statement, {k: v for k, v in params.items() if k in statement._bindparams})
@@ -73,7 +100,7 @@ def _execute(conn: Connection, name: str, params: dict):
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         hint = (" Time arithmetic: use date_part('epoch', ts), which works on both databases "
                 "(features/README.md)." if "function" in reason.lower() else "")
-        raise FeatureSQLError(f"features/sql/{name}.sql failed on {conn.dialect.name}: {reason}.{hint}") from None
+        raise FeatureSQLError(f"{what} failed on {conn.dialect.name}: {reason}.{hint}") from None
 
 
 def _query(conn: Connection, name: str, params: dict) -> pd.DataFrame:
@@ -188,18 +215,70 @@ def build_training_frame(
     return CODEC.with_dtypes(frame)
 
 
+class _OnlineStatement:
+    """online_sql() compiled once for one dialect and run on the driver's cursor.
+
+    For one entity's indexed rows, SQLAlchemy's per-execute work (cache lookup, a bind processor
+    per occurrence of each datetime, result metadata rebuilt from the cursor) costs as much as the
+    SQL itself. The statement never changes, so it is compiled once; each call converts the few
+    values and reads one row. `make bench` measures it (in-process online features).
+    """
+
+    def __init__(self, dialect) -> None:
+        compiled = online_sql().compile(dialect=dialect)
+        self.string = compiled.string
+        self.order = compiled.positiontup  # positional paramstyles (SQLite's qmark); None for named
+        self.names = frozenset(compiled.binds)
+        available = {*window_params(datetime(2000, 1, 1)), "first_key", "last_key"}
+        if self.names - available:
+            raise FeatureSQLError(
+                f"{ONLINE_SQL_NAME} uses parameter(s) {sorted(':' + p for p in self.names - available)} that "
+                f"do not exist; available: {sorted(':' + p for p in available)} (windows come from spec.yml `windows`)")
+        # None where the driver adapts datetimes itself (psycopg); SQLite stores them as text.
+        self.to_db = DateTime().dialect_impl(dialect).bind_processor(dialect)
+
+    def row(self, conn: Connection, key, as_of: datetime) -> dict | None:
+        params = {name: value for name, value in window_params(as_of).items() if name in self.names}
+        if self.to_db is not None:
+            params = {name: self.to_db(value) for name, value in params.items()}
+        params["first_key"] = params["last_key"] = key
+        args = params if self.order is None else [params[name] for name in self.order]
+        for attempt in (1, 2):
+            dbapi_conn = conn.connection.dbapi_connection
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute(self.string, args)
+                values = cursor.fetchone()
+                return None if values is None else dict(zip([d[0] for d in cursor.description], values, strict=True))
+            except conn.dialect.dbapi.Error as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if not conn.dialect.is_disconnect(exc, dbapi_conn, cursor):
+                    raise FeatureSQLError(f"{ONLINE_SQL_NAME} failed on {conn.dialect.name}: {reason}") from None
+                # The database restarted or dropped us: its other pooled connections are gone too
+                # (replace the pool), and this request tries once more on a fresh connection.
+                conn.invalidate()
+                conn.engine.dispose(close=False)
+                if attempt == 2:
+                    raise FeatureSQLError(f"{ONLINE_SQL_NAME}: lost the connection to "
+                                          f"{conn.dialect.name} twice: {reason}") from None
+            finally:
+                cursor.close()
+        raise AssertionError("unreachable")
+
+
+_online_statements: dict[tuple[str, str], _OnlineStatement] = {}
+
+
 def online_row(conn: Connection, key, as_of: datetime) -> dict | None:
-    """The joined SQL row of one entity as of `as_of`, or None if the spine has no such entity."""
-    params = {**window_params(as_of), "first_key": key, "last_key": key}
-    row = _execute(conn, SPEC.sql[0], params).mappings().first()
-    if row is None:
-        return None
-    raw = dict(row)
-    for name in SPEC.sql[1:]:
-        joined = _execute(conn, name, params).mappings().first()
-        if joined is not None:
-            raw.update(joined)
-    return raw
+    """The joined SQL row of one entity as of `as_of`, or None if the spine has no such entity.
+
+    One statement, one round trip: the files training runs, joined in SQL (online_sql()).
+    """
+    dialect = conn.dialect
+    statement = _online_statements.get((dialect.name, dialect.driver))
+    if statement is None:
+        statement = _online_statements[(dialect.name, dialect.driver)] = _OnlineStatement(dialect)
+    return statement.row(conn, key, as_of)
 
 
 def build_online(conn: Connection, key, as_of: datetime) -> dict | None:
