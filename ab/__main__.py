@@ -12,9 +12,10 @@ import sqlalchemy as sa
 
 from ab import analysis as ab_analysis
 from ab.analysis import analyse, count_arms, load_models, load_units
-from ab.config import ConfigError, config_path, load_experiment
+from ab.config import ConfigError, load_experiment
 from ab.report import write_report
 from features.db import DatabaseError, make_engine, redact
+from stack.settings import get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,14 +27,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[ab {time.perf_counter() - started:5.1f}s] {msg}", file=sys.stderr, flush=True)
 
     try:
-        experiment = load_experiment(args.config or config_path())
+        experiment = load_experiment(args.config or get_settings().ab_config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     name = args.experiment or (experiment.name if experiment else None)
     if name is None:
         print(
-            f"error: no experiment is configured in {args.config or config_path()}; pass "
+            f"error: no experiment is configured in {args.config or get_settings().ab_config}; pass "
             "--experiment NAME to analyse a finished one (see ab/README.md)",
             file=sys.stderr,
         )
@@ -55,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     as_of = args.as_of or datetime.now(UTC).replace(tzinfo=None)
     spec = ab_analysis.SPEC  # read here, at run time (tests may swap it)
     outcome, entity = spec.outcome, spec.entity
-
-    from stack.settings import get_settings
 
     url = args.database_url or get_settings().database_url
     engine: sa.Engine | None = None

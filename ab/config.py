@@ -72,31 +72,18 @@ def _bucket_ends(weights: list[float]) -> tuple[int, ...]:
     return tuple(ends)
 
 
-def config_path() -> Path:
-    """The config file named by AB_CONFIG (default ab/experiment.yml)."""
-    from stack.settings import get_settings
-
-    return get_settings().ab_config
-
-
-def available_versions(model_dir: str | Path | None = None) -> set[str]:
-    """Model versions present under $MODEL_DIR/versions/ (default var/models)."""
-    if model_dir is None:
-        from stack.settings import get_settings
-
-        model_dir = get_settings().model_dir
+def available_versions(model_dir: str | Path) -> set[str]:
+    """Model versions present under <model_dir>/versions/."""
     root = Path(model_dir) / "versions"
     if not root.is_dir():
         return set()
     return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
 
 
-def load_experiment(
-    path: str | Path | None = None, available: Iterable[str] | None = None
-) -> Experiment | None:
-    """Read and validate the config (default AB_CONFIG); None when there is no experiment."""
-    # with `available` (e.g. available_versions()), every pinned model version must be in it
-    path = Path(path) if path is not None else config_path()
+def load_experiment(path: str | Path, available: Iterable[str] | None = None) -> Experiment | None:
+    """Read and validate the config (AB_CONFIG); None when there is no experiment."""
+    # with `available` (e.g. available_versions(model_dir)), every pinned model version must be in it
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -92,14 +92,12 @@ class ExposureWriter:
         os.register_at_fork(after_in_child=_reset_in_child(weakref.ref(self)))
 
     @classmethod
-    def from_settings(cls, settings: Any = None, **kwargs: Any) -> ExposureWriter:
+    def from_settings(cls, settings: Any, **kwargs: Any) -> ExposureWriter:
         """A writer for the settings' DATABASE_URL counting into the AB_EXPOSURES_* metrics."""
         from monitoring import metrics
-        from stack.settings import get_settings
-
         kwargs.setdefault("recorded", metrics.AB_EXPOSURES_RECORDED)
         kwargs.setdefault("lost", metrics.AB_EXPOSURES_LOST)
-        return cls((settings or get_settings()).database_url, **kwargs)
+        return cls(settings.database_url, **kwargs)
 
     def _after_fork(self) -> None:
         self._count_lock = threading.Lock()

@@ -31,6 +31,7 @@ from pathlib import Path
 from loadtest import payloads, report, traffic
 from loadtest import slo as slos
 from loadtest.results import ResultsError
+from stack.settings import get_settings
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 DEFAULT_OUT = Path("var/loadtest")
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     processes = args.processes or default_processes(cores)
     payload_path = (args.payloads or payloads.default_path()).resolve()
     try:
-        meta = payloads.ensure(payload_path, args.database_url)
+        meta = payloads.ensure(payload_path, args.database_url or get_settings().database_url)
     except payloads.PayloadError as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ from locust.runners import WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 from loadtest import payloads, traffic
+from stack.settings import get_settings
 
 SHAPES = ("constant", "step")
 SHAPE = os.environ.get("LOADTEST_SHAPE") or "constant"
@@ -56,7 +57,7 @@ if MIX not in traffic.MIXES:
     raise SystemExit(f"LOADTEST_MIX={MIX!r} is not a known mix; use one of {sorted(traffic.MIXES)}")
 WEIGHTS = traffic.MIXES[MIX]
 # Loaded once, before Locust forks its worker processes (--processes).
-POOL = traffic.Pool(payloads.ensure(payloads.default_path())["rows"])
+POOL = traffic.Pool(payloads.ensure(payloads.default_path(), get_settings().database_url)["rows"])
 JSON_HEADERS = {"Content-Type": "application/json"}
 BAD_KINDS = itertools.cycle(traffic.BAD_KINDS)  # shared by this process's users (gevent: no races)
 

@@ -107,14 +107,10 @@ def load(path: Path) -> dict[str, Any]:
     return payload
 
 
-def ensure(path: Path, database_url: str | None = None, rows: int = DEFAULT_ROWS,
+def ensure(path: Path, database_url: str, rows: int = DEFAULT_ROWS,
            progress=print) -> dict[str, Any]:
-    """The payloads at `path`, built from `database_url` (default DATABASE_URL) if missing."""
+    """The payloads at `path`, built from `database_url` if missing."""
     if not path.exists():
-        if database_url is None:
-            from stack.settings import get_settings
-
-            database_url = get_settings().database_url
         progress(f"payloads: {path} is missing; building it from the database")
         write(build(database_url, rows, progress=progress), path)
     return load(path)

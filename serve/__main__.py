@@ -39,7 +39,11 @@ def main() -> int:
     except ConfigError as exc:
         print(f"serve: A/B config {settings.ab_config} refused: {exc}", file=sys.stderr)
         return 2
-    argv = ["gunicorn", "--config", str(CONFIG), "serve.app:create_app()"]
+    # prometheus_client picks its storage when first imported: the workers must find the folder
+    # in their environment (the gunicorn master prepares it in on_starting).
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(
+        settings.prometheus_multiproc_dir or Path("var/prometheus-multiproc").resolve())
+    argv = ["gunicorn", "--config", str(CONFIG), "serve.app:worker_app()"]
     os.execvp(sys.executable, [sys.executable, "-m", *argv])
     return 0  # not reached
 

@@ -1,18 +1,17 @@
-"""gunicorn settings for `python -m serve` (and the container). Values come from stack.settings."""
+"""gunicorn settings for `python -m serve` (and the container). Values come from stack.settings.
 
+`python -m serve` puts PROMETHEUS_MULTIPROC_DIR in the environment before gunicorn starts, so
+prometheus_client picks its multiprocess storage when it is first imported.
+"""
+
+import gc
 import os
 
+from monitoring import metrics as _metrics
+from serve.logs import LOGCONFIG
 from stack.settings import get_settings
 
 _settings = get_settings()
-# prometheus_client picks its storage at import: the variable must be set before any import of it.
-if _settings.prometheus_multiproc_dir is None:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.abspath("var/prometheus-multiproc")
-else:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_settings.prometheus_multiproc_dir)
-
-from monitoring import metrics as _metrics  # noqa: E402
-from serve.logs import LOGCONFIG  # noqa: E402
 
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = _settings.web_concurrency
@@ -38,6 +37,15 @@ control_socket_disable = True
 
 def on_starting(server):
     _metrics.setup_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def post_worker_init(worker):
+    # Process tuning, per worker: what is imported by now lives as long as the worker, so keep it
+    # out of GC passes, and make young-generation passes rarer (fewer pauses in the latency
+    # tail). Measured in make bench.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def child_exit(server, worker):

@@ -127,6 +127,16 @@ class ModelStore:
         self._config_stamp, self._experiment, self.config_error = stamp, experiment, None
         return experiment
 
+    def readiness(self) -> str | None:
+        """Why this worker cannot score now (None: it can). The one readiness rule: /ready, the
+        503 of every scoring route and the startup log all use it."""
+        if self.state.current is not None:
+            return None
+        wanted = self.registry.current()
+        if wanted is None:
+            return "no model deployed (run `make train`)"
+        return "the current model was refused: " + self.failed.get(wanted, "loading")
+
     def refresh(self, force: bool = False) -> bool:
         """Load what `current` and the A/B config name if it changed; True when anything changed."""
         with self._lock:

@@ -15,19 +15,7 @@ import orjson
 from features.codec import error, safe_input
 from features.schema import FEATURES, Feature
 from features.spec import KEY_MAX_CHARS, SPEC, Entity
-
-
-class RequestError(Exception):
-    """Bad input: answered with `status` and FastAPI-style `detail` entries."""
-
-    def __init__(self, status: int, errors: list[dict[str, Any]]) -> None:
-        super().__init__(errors[0]["msg"] if errors else "bad request")
-        self.status = status
-        self.errors = errors
-
-    def body(self) -> dict[str, Any]:
-        return {"detail": self.errors}
-
+from serve.errors import RequestError, invalid_json
 
 _error = error
 
@@ -44,8 +32,7 @@ def parse_json(body: bytes) -> Any:
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            raise RequestError(400, [{"loc": ["body"], "msg": f"body is not valid JSON: {exc}",
-                                      "type": "json_invalid", "input": None}]) from None
+            raise invalid_json(str(exc)) from None
 
 
 def check_keys(body: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:

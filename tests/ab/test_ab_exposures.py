@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import time
+import socket
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -42,17 +43,33 @@ def rows_in(url: str) -> list[sa.Row]:
         engine.dispose()
 
 
-def test_dead_database_costs_microseconds_and_counts_losses(counters, caplog):
+def test_a_hung_database_never_blocks_record(counters):
+    """record() only queues: with a database that accepts connections and never answers, 10k
+    calls still return (the writer thread is the one that waits). How fast: make bench."""
+    recorded, lost, _ = counters
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)  # accepts (the kernel's backlog), never speaks Postgres
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{hung.getsockname()[1]}/x"
+        writer = ExposureWriter(url, recorded=recorded, lost=lost, flush_interval=0.05)
+        done = threading.Event()
+
+        def calls() -> None:
+            for i in range(10_000):
+                writer.record("exp", f"u{i:06d}", "control", "20261128T191500Z-a1b2c3")
+            done.set()
+
+        threading.Thread(target=calls, daemon=True).start()
+        assert done.wait(60), "record() waited on the database"
+        writer.close(timeout=30)  # its thread gives up on the hung server before the next test
+
+
+def test_dead_database_counts_losses(counters, caplog):
     recorded, lost, value = counters
     caplog.set_level(logging.WARNING, logger="ab.exposures")
     writer = ExposureWriter(DEAD_URL, recorded=recorded, lost=lost, flush_interval=0.05)
-    start = time.perf_counter()
     for i in range(10_000):
         writer.record("exp", f"u{i:06d}", "control", "20261128T191500Z-a1b2c3")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.5, (
-        f"10k record() calls took {elapsed:.3f}s"
-    )  # a sanity bound, ~10 ms expected
     writer.close(timeout=15)
     assert writer.lost_total == 10_000 and writer.recorded_total == 0
     assert value("lost", "exp") == 10_000 and value("recorded", "exp") == 0
@@ -138,13 +155,8 @@ def test_safe_across_fork(ab_sqlite_url):
     assert units == sorted([f"parent{i}" for i in range(5)] + [f"child{i}" for i in range(7)])
 
 
-def test_from_settings_uses_database_url(monkeypatch, tmp_path):
-    from stack.settings import get_settings
+def test_from_settings_uses_database_url(tmp_path):
+    from stack.settings import Settings
 
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
-    get_settings.cache_clear()
-    try:
-        writer = ExposureWriter.from_settings()
-    finally:
-        get_settings.cache_clear()
+    writer = ExposureWriter.from_settings(Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}"))
     assert writer.database_url == f"sqlite:///{tmp_path / 'x.db'}"

@@ -1,0 +1,75 @@
+"""Every error body the server sends, in one place: FastAPI's shape, {"detail": [...]}.
+
+A `RequestError` carries a status and its detail entries; the app's exception handler writes
+it. The constructors below are the only places their wording lives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from features.codec import safe_input
+from features.spec import SPEC
+
+
+class RequestError(Exception):
+    """Bad input or an unavailable dependency: answered with `status` and `detail` entries."""
+
+    def __init__(self, status: int, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["msg"] if errors else "bad request")
+        self.status = status
+        self.errors = errors
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.errors}
+
+
+def _entry(loc: list, kind: str, msg: str, value: Any = None) -> dict[str, Any]:
+    return {"loc": loc, "type": kind, "msg": msg, "input": safe_input(value)}
+
+
+def not_ready(reason: str) -> RequestError:
+    return RequestError(503, [_entry([], "not_ready", f"no model is loaded yet ({reason}); see GET /ready")])
+
+
+def invalid_json(reason: str) -> RequestError:
+    return RequestError(400, [_entry(["body"], "json_invalid", f"body is not valid JSON: {reason}")])
+
+
+def body_too_large(limit: int) -> dict[str, Any]:
+    """The 413 body (written by the middleware, before any route runs)."""
+    return {"detail": [_entry(["body"], "body_too_large", f"request body is larger than {limit} bytes")]}
+
+
+def empty_batch() -> RequestError:
+    return RequestError(422, [_entry(["body", "rows"], "list_type",
+                                     "rows: must be a non-empty list of feature objects")])
+
+
+def batch_too_long(rows: int, limit: int) -> RequestError:
+    return RequestError(413, [_entry(["body", "rows"], "too_long",
+                                     f"rows: {rows} rows is more than MAX_BATCH_ROWS={limit}", rows)])
+
+
+def entity_not_found(key: Any) -> RequestError:
+    return RequestError(404, [_entry(["path", "user_id"], "not_found", f"{SPEC.entity.name} {key!r} not found", key)])
+
+
+def database_unavailable(key: Any) -> RequestError:
+    return RequestError(503, [_entry(["path", "user_id"], "database_unavailable",
+                                     "the feature database is unavailable; POST /predict with features "
+                                     "still works", key)])
+
+
+def features_out_of_schema(key: Any, problems: list[dict[str, Any]]) -> RequestError:
+    """An entity whose database rows break the feature schema (counted and logged by the caller)."""
+    return RequestError(422, [{**p, "loc": ["database", *p["loc"][1:]], "type": "feature_out_of_schema",
+                               "msg": f"{SPEC.entity.name} {key!r}: the database's {p['msg']}"} for p in problems])
+
+
+def admin_disabled() -> RequestError:
+    return RequestError(404, [_entry([], "disabled", "admin endpoints are disabled: set ADMIN_TOKEN")])
+
+
+def unauthorized() -> RequestError:
+    return RequestError(401, [_entry(["header", "authorization"], "unauthorized", "missing or wrong bearer token")])
