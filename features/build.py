@@ -80,6 +80,12 @@ def online_sql() -> TextClause:
     return _typed(f"SELECT * FROM (\n{_body(spine)}\n) AS part0{joins}")
 
 
+@cache
+def parameter_names(statement: TextClause) -> frozenset[str]:
+    """The bound parameters a statement takes (SQLAlchemy's public compile(), once per statement)."""
+    return frozenset(statement.compile().params)
+
+
 def window_params(as_of: datetime) -> dict[str, datetime]:
     """Window starts for `as_of` (spec.yml `windows`), computed in Python: no date math in SQL."""
     return SPEC.window_params(as_of)
@@ -89,13 +95,14 @@ def _execute(conn: Connection, name: str, params: dict, *, statement: TextClause
     """Run features/sql/<name>.sql with `params`; or `statement`, which `name` then describes."""
     what = f"features/sql/{name}.sql" if statement is None else name
     statement = sql(name) if statement is None else statement
-    unknown = set(statement._bindparams) - set(params)
+    names = parameter_names(statement)
+    unknown = names - set(params)
     if unknown:
         raise FeatureSQLError(
             f"{what} uses parameter(s) {sorted(':' + p for p in unknown)} that do not "
             f"exist; available: {sorted(':' + p for p in params)} (windows come from spec.yml `windows`)")
     try:
-        return conn.execute(statement, {k: v for k, v in params.items() if k in statement._bindparams})
+        return conn.execute(statement, {k: v for k, v in params.items() if k in names})
     except DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         hint = (" Time arithmetic: use date_part('epoch', ts), which works on both databases "

@@ -4,9 +4,12 @@ The server, the A/B exposure writer, the rules in monitoring/rules/ and the Graf
 all use the names defined here; tests/monitoring fails when a rule or a panel queries a name
 this module does not export.
 
+Importing this module defines the metrics and changes nothing else. The server's process setup
+is explicit: `python -m serve` sets the environment first (monitoring/environment.py).
+
 Several gunicorn workers (multiprocess mode): PROMETHEUS_MULTIPROC_DIR must be in the
-environment before anything imports prometheus_client, which picks its value storage once, at
-import. Each worker then writes its values to files in that folder and render_latest() merges
+environment (and the folder must exist) before anything imports prometheus_client, which picks
+its value storage once, at import. Each worker then writes its values to files in that folder and render_latest() merges
 them. The gunicorn master calls setup_multiprocess_dir() at start and child_exit() when a
 worker dies (see monitoring/README.md).
 """
@@ -21,7 +24,6 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-import prometheus_client
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -31,13 +33,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
-    values,
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+from monitoring.client_internals import bulk_observe, multiprocess_storage
+from monitoring.environment import MULTIPROC_ENV
 from registry.meta import ScoreBaseline
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_SLO_SECONDS = 0.025
 """p99 model inference latency objective; a bucket edge, and the ModelLatencyHigh threshold."""
@@ -52,14 +53,6 @@ HTTP_DURATION_BUCKETS = (
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05, 0.10, ..., 1.0
 NO_VARIANT = "none"
 """The `variant` label of predictions made outside an A/B experiment."""
-
-# `_created` series double every counter and histogram and are not exported in multiprocess
-# mode anyway; without them single- and multi-process /metrics look the same.
-prometheus_client.disable_created_metrics()
-
-if os.environ.get(MULTIPROC_ENV):
-    # Unlabelled metrics below open their value file in this folder as soon as they exist.
-    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
 
 # --- HTTP (the server's middleware calls observe_http) -------------------------------------
 
@@ -225,18 +218,14 @@ class ModelMetrics:
     def observe_many(self, scores: Any, latency_s: float, variant: str | None = None) -> None:
         """Record one model call over a numpy array of scores: counts per bucket, not per row.
 
-        prometheus_client has no bulk observe; this adds each bucket's count to the histogram's
-        value cells directly (what observe() does one row at a time). A test holds the two equal.
+        prometheus_client has no bulk observe; monitoring/client_internals.py adds each bucket's
+        count to the histogram's value cells directly (what observe() does one row at a time). A
+        test holds the two equal.
         """
         import numpy as np
 
         scores = np.asarray(scores, dtype=np.float64)
-        score = self._score
-        bucket_index = np.searchsorted(score._upper_bounds, scores, side="left")
-        for i, count in enumerate(np.bincount(bucket_index, minlength=len(score._upper_bounds))):
-            if count:
-                score._buckets[i].inc(int(count))
-        score._sum.inc(float(scores.sum()))
+        bulk_observe(self._score, scores)
         bins = np.bincount(np.searchsorted(self._inner_edges, scores, side="right"), minlength=len(self._bins))
         for child, count in zip(self._bins, bins, strict=True):
             if count:
@@ -283,7 +272,7 @@ def observe_http(route: str, method: str, status_code: int, seconds: float) -> N
 
 def is_multiprocess() -> bool:
     """Whether prometheus_client stores values in PROMETHEUS_MULTIPROC_DIR files (fixed at import)."""
-    return bool(getattr(values.ValueClass, "_multiprocess", False))
+    return multiprocess_storage()
 
 
 def setup_multiprocess_dir(path: str | os.PathLike[str] | None = None) -> Path:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ab.config import ConfigError, load_experiment
+from monitoring.environment import server_environment
 from registry.store import Registry
 from stack.settings import get_settings
 
@@ -39,10 +40,9 @@ def main() -> int:
     except ConfigError as exc:
         print(f"serve: A/B config {settings.ab_config} refused: {exc}", file=sys.stderr)
         return 2
-    # prometheus_client picks its storage when first imported: the workers must find the folder
-    # in their environment (the gunicorn master prepares it in on_starting).
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(
-        settings.prometheus_multiproc_dir or Path("var/prometheus-multiproc").resolve())
+    # prometheus_client picks its storage when first imported: gunicorn and its workers must find
+    # the folder in their environment (the master empties it in on_starting).
+    os.environ.update(server_environment(settings.prometheus_multiproc_dir or Path("var/prometheus-multiproc").resolve()))
     argv = ["gunicorn", "--config", str(CONFIG), "serve.app:worker_app()"]
     os.execvp(sys.executable, [sys.executable, "-m", *argv])
     return 0  # not reached

@@ -1,0 +1,66 @@
+"""The predictor without HTTP: check -> route -> score -> observe, called with parsed bodies."""
+
+from __future__ import annotations
+
+import pytest
+
+from ab.exposures import ExposureWriter
+from features.build import build_training_frame, feature_rows, training_as_of_dates
+from features.db import make_engine
+from features.schema import example_features
+from registry.store import Registry
+from serve.errors import RequestError
+from serve.models import ModelStore
+from serve.online import OnlineFeatures
+from serve.predictor import Predictor
+from tests.conftest import KEY
+
+
+@pytest.fixture(scope="module")
+def predictor(small_models, small_sqlite_url, tmp_path_factory):
+    registry, _, _ = small_models
+    store = ModelStore(registry, tmp_path_factory.mktemp("ab") / "none.yml")
+    store.refresh()
+    exposures = ExposureWriter(small_sqlite_url)
+    online = OnlineFeatures(small_sqlite_url)
+    yield Predictor(store, exposures, online, max_batch_rows=10)
+    exposures.close(2)
+    online.close()
+
+
+@pytest.fixture(scope="module")
+def frame(small_sqlite_url):
+    engine = make_engine(small_sqlite_url)
+    return build_training_frame(engine, training_as_of_dates(engine, 1)).head(12)
+
+
+def test_scores_like_the_model_without_http(predictor, frame, small_models):
+    registry, v1, _ = small_models
+    rows = feature_rows(frame)
+    one = predictor.one({"features": rows[0]})
+    assert one["model_version"] == v1 and one["variant"] is None and 0 <= one["score"] <= 1
+    batch = predictor.batch({"rows": rows[:3]})
+    assert batch["scores"][0] == pytest.approx(one["score"], abs=1e-12)
+    key = frame[KEY].tolist()[0]
+    features = predictor.entity_features(key)
+    assert predictor.score_entity(key, features)["model_version"] == v1
+
+
+def test_the_same_refusals_as_over_http(predictor, frame):
+    rows = feature_rows(frame)
+    cases = [({"features": {**rows[0], "nope": 1}}, predictor.one, 422),
+             ({"rows": rows[:11]}, predictor.batch, 413),
+             ({"rows": []}, predictor.batch, 422),
+             ([1], predictor.one, 422)]
+    for body, call, status in cases:
+        with pytest.raises(RequestError) as refused:
+            call(body)
+        assert refused.value.status == status
+
+
+def test_no_model_is_a_503_that_says_why(tmp_path, small_sqlite_url):
+    store = ModelStore(Registry(tmp_path / "empty"), None)
+    predictor = Predictor(store, ExposureWriter(small_sqlite_url), OnlineFeatures(small_sqlite_url), 10)
+    with pytest.raises(RequestError) as refused:
+        predictor.one({"features": example_features()})
+    assert refused.value.status == 503 and "make train" in refused.value.errors[0]["msg"]
