@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from features.build import build_training_frame, feature_rows, training_as_of_dates
+from features.build import feature_rows
 from features.codec import CODEC
 from features.db import make_engine
 from features.schema import FEATURE_NAMES, FEATURES
@@ -37,12 +37,6 @@ def client(small_models, small_sqlite_url, tmp_path):
     registry, _, _ = small_models
     with TestClient(create_app(settings_for(registry, small_sqlite_url, tmp_path, admin_token="t" * 30))) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def holdout(small_sqlite_url):
-    engine = make_engine(small_sqlite_url)
-    return build_training_frame(engine, training_as_of_dates(engine, 1)).head(60)
 
 
 def test_scores_equal_the_models_own_predictions(client, small_models, holdout):

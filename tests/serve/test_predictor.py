@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ab.exposures import ExposureWriter
-from features.build import build_training_frame, feature_rows, training_as_of_dates
-from features.db import make_engine
+from features.build import feature_rows
 from features.schema import example_features
 from registry.store import Registry
 from serve.errors import RequestError
@@ -28,10 +27,9 @@ def predictor(small_models, small_sqlite_url, tmp_path_factory):
     online.close()
 
 
-@pytest.fixture(scope="module")
-def frame(small_sqlite_url):
-    engine = make_engine(small_sqlite_url)
-    return build_training_frame(engine, training_as_of_dates(engine, 1)).head(12)
+@pytest.fixture
+def frame(holdout):
+    return holdout.head(12)
 
 
 def test_scores_like_the_model_without_http(predictor, frame, small_models):
