@@ -2,7 +2,8 @@
 
     python -m features example          a POST /predict body (the curl examples use it)
     python -m features example --batch  a POST /predict/batch body
-    python -m features table            the feature table of features/README.md
+    python -m features key              the spec's example entity key (for /predict/user/{key})
+    python -m features table            the feature table (markdown)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import sys
 
 from features.schema import example_features, example_request, markdown_table
+from features.spec import SPEC
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,10 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     example = sub.add_parser("example", help="a valid request body built from features/spec.yml")
     example.add_argument("--batch", action="store_true", help="a /predict/batch body of two rows")
+    sub.add_parser("key", help="the example entity key of features/spec.yml")
     sub.add_parser("table", help="the feature table (markdown)")
     args = p.parse_args(argv)
     if args.command == "table":
         print(markdown_table())
+    elif args.command == "key":
+        print(SPEC.entity.example)
     elif args.batch:
         print(json.dumps({"rows": [example_features(), example_features()]}))
     else:

@@ -30,3 +30,9 @@ def test_the_example_request_is_valid_by_the_servers_rules():
 def test_no_readme_copies_the_feature_table():
     readme = (ROOT / "features/README.md").read_text()
     assert "| feature | kind |" not in readme
+
+
+def test_the_example_key_is_the_specs():
+    from features.spec import SPEC
+
+    assert SPEC.entity.parse(_features("key").strip()) == SPEC.entity.parse(SPEC.entity.example)
