@@ -42,6 +42,7 @@ from features.spec import SPEC
 from registry import models
 from registry.meta import (
     SELF_CHECK_TOLERANCE,
+    FeatureBaseline,
     ModelMeta,
     Rows,
     ScoreBaseline,
@@ -50,7 +51,7 @@ from registry.meta import (
 )
 from registry.models import MODEL_TYPES, Model, ModelError
 from registry.store import Registry, RegistryError, new_version
-from train.evaluate import METRICS, metrics, save_plots, score_baseline
+from train.evaluate import METRICS, feature_baselines, metrics, save_plots, score_baseline
 
 STEPS = ("load", "check", "split", "fit", "evaluate", "gate", "save", "deploy", "log")
 # LightGBM: 150 trees at learning rate 0.1 scored like 300 at 0.05 (ROC AUC 0.9057 vs 0.9062,
@@ -310,7 +311,8 @@ def _run(engine: Engine | None, registry: Registry, experiments_log: Path, confi
 
     version = new_version(started)
     commit, dirty = git_state()
-    train_scores = model.score(CODEC.encode_frame(train))
+    train_X = CODEC.encode_frame(train)
+    train_scores = model.score(train_X)
     meta = ModelMeta(
         version=version,
         created_at=started.replace(microsecond=0),
@@ -326,6 +328,7 @@ def _run(engine: Engine | None, registry: Registry, experiments_log: Path, confi
         params=params,
         metrics=challenger_metrics,
         score_baseline=ScoreBaseline(**score_baseline(train_scores)),
+        feature_baselines=[FeatureBaseline(**b) for b in feature_baselines(train_X, FEATURES)],
         self_check=self_check_rows(model, holdout),
         notes=config.notes,
     )
@@ -354,7 +357,8 @@ def _run(engine: Engine | None, registry: Registry, experiments_log: Path, confi
         "promoted": decision.promote, "decision": decision.reason, "notes": config.notes,
     })
     progress(f"[log] appended to {experiments_log}")
-    progress("timings: " + "  ".join(f"{k}={v:.1f}s" for k, v in timings.items()))
+    progress("timings: " + "  ".join(f"{k}={v:.1f}s" for k, v in timings.items() if k != "total")
+             + f"  total={timings['total']:.1f}s")
     return RunResult(version, challenger_metrics, decision.promote, decision.reason,
                      decision.champion_metrics, timings)
 
