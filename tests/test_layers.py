@@ -1,6 +1,7 @@
 """The imports run one way: entrypoints on top, then the components, then the contracts.
 
-contracts   features (the domain spec and its rules), registry (the model artifact), stack.settings
+contracts   features (the domain spec and its rules), registry (the model artifact), stack.settings,
+            stack.findings (what a trigger measurement returns)
 components  train, serve, monitoring, ab, experiments, loadtest, deploy
 entrypoints every `__main__`, the demos and benchmarks, stack.audit, stack.local
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTRACTS = {"features", "registry", "stack.settings"}
+CONTRACTS = {"features", "registry", "stack.settings", "stack.findings"}
 COMPONENTS = {"train", "serve", "monitoring", "ab", "experiments", "loadtest", "deploy"}
 ENTRYPOINTS = {"stack.audit", "stack.local", "ab.demo", "serve.bench", "serve.peers", "loadtest.locustfile"}
 PACKAGES = ("features", "registry", "stack", *sorted(COMPONENTS))
@@ -35,7 +36,7 @@ def layer(module: str) -> int:
         return 2
     if module.split(".")[0] in COMPONENTS:
         return 1
-    if module == "stack.settings" or module.split(".")[0] in {"features", "registry"} or module == "stack":
+    if module in CONTRACTS or module.split(".")[0] in CONTRACTS or module == "stack":
         return 0
     return 2  # stack.audit, stack.local and anything else under stack/
 
@@ -88,7 +89,7 @@ def test_imports_run_one_way():
 
 
 @pytest.mark.parametrize("module, expected", [
-    ("features.spec", 0), ("registry.store", 0), ("stack.settings", 0), ("serve.app", 1),
+    ("features.spec", 0), ("registry.store", 0), ("stack.settings", 0), ("stack.findings", 0), ("serve.app", 1),
     ("train.pipeline", 1), ("train.__main__", 2), ("stack.audit", 2), ("ab.demo", 2),
 ])
 def test_the_layers_are_what_the_docstring_says(module, expected):

@@ -1,4 +1,7 @@
-"""`make audit`: each trigger's verdict follows the project state across its threshold."""
+"""`make audit`: each trigger's verdict follows the project state across its threshold.
+
+Each component measures its own trigger (<component>/trigger.py); stack.audit gathers them.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +15,25 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy import trigger as deploy_trigger
+from experiments import trigger as experiments_trigger
 from experiments.log import append_run
+from features import trigger as features_trigger
 from features.schema import FEATURES
 from features.spec import SPEC
-from stack import audit
+from registry.store import Registry
+from serve import trigger as serve_trigger
+from stack import audit, findings
 from tests.registry.test_meta import full_meta
+from train import pipeline
+from train import trigger as train_trigger
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
-def by_trigger(findings: list[audit.Finding]) -> dict[str, audit.Finding]:
-    return {f.trigger: f for f in findings}
+def by_trigger(found: list[findings.Finding]) -> dict[str, findings.Finding]:
+    return {f.trigger: f for f in found}
 
 
 # -- the verdict rule ------------------------------------------------------------------------
@@ -34,7 +44,7 @@ def by_trigger(findings: list[audit.Finding]) -> dict[str, audit.Finding]:
     (None, 10, True, "not yet"),
 ])
 def test_verdict_rule(value, threshold, strict, expected):
-    assert audit.verdict(value, threshold, strictly_above=strict) == expected
+    assert findings.verdict(value, threshold, strictly_above=strict) == expected
 
 
 # -- experiment tracking ---------------------------------------------------------------------
@@ -50,13 +60,13 @@ def runs_csv(path: Path, recent: int, old: int = 0) -> Path:
 
 @pytest.mark.parametrize(("recent", "expected"), [(5, "not yet"), (15, "watch"), (25, "now")])
 def test_experiment_tracking_flips_with_runs_in_the_last_30_days(tmp_path, recent, expected):
-    finding = audit.audit_experiments(runs_csv(tmp_path / "runs.csv", recent, old=30), NOW)
+    finding = experiments_trigger.audit_experiments(runs_csv(tmp_path / "runs.csv", recent, old=30), NOW)
     assert (finding.value, finding.verdict) == (recent, expected)
     assert finding.details["runs_total"] == recent + 30
 
 
 def test_no_experiment_log_is_zero_runs(tmp_path):
-    finding = audit.audit_experiments(tmp_path / "absent.csv", NOW)
+    finding = experiments_trigger.audit_experiments(tmp_path / "absent.csv", NOW)
     assert (finding.value, finding.verdict) == (0, "not yet")
 
 
@@ -74,14 +84,14 @@ def compose_file(path: Path, n: int, distinct: bool = True) -> Path:
     (4, True, "not yet"), (8, True, "watch"), (11, True, "now"), (11, False, "not yet"),
 ])
 def test_kubernetes_flips_with_services_that_scale_differently(tmp_path, n, distinct, expected):
-    finding = audit.audit_kubernetes(compose_file(tmp_path / "compose.yml", n, distinct))
+    finding = deploy_trigger.audit_kubernetes(compose_file(tmp_path / "compose.yml", n, distinct))
     assert finding.verdict == expected
     assert finding.value == (n if distinct else 1)
     assert finding.details["jobs"] == ["migrate"]
 
 
 def test_kubernetes_on_the_repo_compose_file_is_not_yet():
-    finding = audit.audit_kubernetes(ROOT / "docker-compose.yml")
+    finding = deploy_trigger.audit_kubernetes(ROOT / "docker-compose.yml")
     assert finding.verdict == "not yet"
     assert "serve" in finding.details["services"]
 
@@ -121,7 +131,7 @@ def test_serving_platform_now_with_three_models_of_different_needs_and_cadences(
                     {V1: 2_000_000, V2: 10_000, V3: 200_000_000},
                     [V1] * 60 + [V2] * 2 + [V3] * 12)  # daily, rarely, weekly over 3 months
     config = ab_config(tmp_path / "ab.yml", ["current", V2, V3])
-    finding = audit.audit_serving(root, config, NOW)
+    finding = serve_trigger.audit_serving(root, config, NOW)
     assert (finding.value, finding.verdict) == (3, "now")
     cadences = {m["model_type"]: m["promotions_per_month"] for m in finding.details["models"]}
     assert cadences["lightgbm"] > cadences["transformer"] > cadences["logreg"]
@@ -130,15 +140,15 @@ def test_serving_platform_now_with_three_models_of_different_needs_and_cadences(
 def test_serving_platform_not_yet_with_one_model_or_three_alike(tmp_path):
     alike = registry(tmp_path / "alike", {V1: "lightgbm", V2: "lightgbm", V3: "lightgbm"},
                      {V1: 2_000_000, V2: 2_100_000, V3: 2_200_000}, [V1, V2, V3])
-    finding = audit.audit_serving(alike, ab_config(tmp_path / "ab.yml", ["current", V2, V3]), NOW)
+    finding = serve_trigger.audit_serving(alike, ab_config(tmp_path / "ab.yml", ["current", V2, V3]), NOW)
     assert (len(finding.details["models"]), finding.value, finding.verdict) == (3, 1, "not yet")
-    finding = audit.audit_serving(alike, tmp_path / "no-experiment.yml", NOW)
+    finding = serve_trigger.audit_serving(alike, tmp_path / "no-experiment.yml", NOW)
     assert (len(finding.details["models"]), finding.verdict) == (1, "not yet")
 
 
 def test_serving_platform_names_a_pinned_version_that_is_missing(tmp_path):
     root = registry(tmp_path / "models", {V1: "lightgbm"}, {V1: 10}, [V1])
-    finding = audit.audit_serving(root, ab_config(tmp_path / "ab.yml", ["current", V2]), NOW)
+    finding = serve_trigger.audit_serving(root, ab_config(tmp_path / "ab.yml", ["current", V2]), NOW)
     assert finding.verdict == "not yet"
     assert V2 in finding.how
 
@@ -148,30 +158,33 @@ def test_serving_platform_names_a_pinned_version_that_is_missing(tmp_path):
 def test_orchestration_now_when_the_pipeline_has_several_owners(tmp_path):
     owners = tmp_path / "OWNERS"
     owners.write_text("# step  owner(s)\nload @data-eng\ncheck @data-eng\nfit @alice @bob\n* @ml-team\n")
-    finding = audit.audit_orchestration(ROOT / "train" / "pipeline.py", owners)
+    finding = train_trigger.audit_orchestration(owners)
     assert finding.verdict == "now"
     assert finding.value == 4
     assert finding.details["owners_by_stage"]["fit"] == ["@alice", "@bob", "@ml-team"]
 
 
 def test_orchestration_not_yet_with_one_team_or_few_stages(tmp_path):
-    finding = audit.audit_orchestration(ROOT / "train" / "pipeline.py", tmp_path / "absent")
+    finding = train_trigger.audit_orchestration(tmp_path / "absent")
     assert finding.verdict == "not yet"
     assert len(finding.details["stages"]) > 3  # the real pipeline's steps are found
     short = tmp_path / "pipeline.py"
-    short.write_text("def run():\n    step('load', f)\n    step('fit', g)\n")
+    short.write_text("STEPS = ('load', 'fit')\n\ndef run():\n    pass\n")
     owners = tmp_path / "OWNERS"
     owners.write_text("* @alice @bob\n")
-    finding = audit.audit_orchestration(short, owners)
+    finding = train_trigger.audit_orchestration(owners, short)
     assert (finding.details["stages"], finding.verdict) == (["load", "fit"], "not yet")
 
 
-def test_pipeline_steps_prefers_a_steps_tuple(tmp_path):
-    path = tmp_path / "pipeline.py"
-    path.write_text("STEPS = ('load', 'check', 'fit', 'save', 'deploy')\n\ndef run():\n    step('other', f)\n")
-    assert audit.pipeline_steps(path) == ["load", "check", "fit", "save", "deploy"]
-    path.write_text("def run(:\n    step('load', f)\n    step(\"fit\", g)\n")  # not Python: the text still counts
-    assert audit.pipeline_steps(path) == ["load", "fit"]
+def test_orchestration_counts_the_steps_the_pipeline_declares(tmp_path, monkeypatch):
+    finding = train_trigger.audit_orchestration(tmp_path / "absent")
+    assert finding.details["stages"] == list(pipeline.STEPS)
+    monkeypatch.setattr(pipeline, "STEPS", (*pipeline.STEPS, "explain"))  # a step added to the pipeline
+    finding = train_trigger.audit_orchestration(tmp_path / "absent")
+    assert finding.details["stages"][-1] == "explain" and "-> explain" in finding.how
+    other = tmp_path / "pipeline.py"  # another file (--pipeline): names, or (name, function) pairs
+    other.write_text("STEPS = (('load', print), ('fit', print), ('save', print))\n")
+    assert train_trigger.pipeline_steps(other) == ["load", "fit", "save"]
 
 
 # -- feature store ---------------------------------------------------------------------------
@@ -189,14 +202,15 @@ def tiny_db(tmp_path_factory) -> str:
     return url
 
 
-def feature_store(tmp_path: Path, parity: audit.Parity, consumers: str = "") -> audit.Finding:
+def feature_store(tmp_path: Path, parity: features_trigger.Parity, consumers: str = "") -> findings.Finding:
     root = registry(tmp_path / "models", {V1: "lightgbm"}, {V1: 10}, [V1])
     (tmp_path / "CONSUMERS").write_text(consumers)
-    return audit.audit_feature_store(root, tmp_path / "no-ab.yml", tmp_path / "CONSUMERS", parity)
+    in_service, _ = serve_trigger.models_in_service(Registry(root), tmp_path / "no-ab.yml")
+    return features_trigger.audit_feature_store(root, in_service, tmp_path / "CONSUMERS", parity)
 
 
 def test_parity_check_finds_no_skew_between_batch_and_online(tmp_path, tiny_db):
-    parity = audit.parity_check(tiny_db)
+    parity = features_trigger.parity_check(tiny_db)
     assert (parity.status, parity.checked, parity.mismatches) == ("ok", 20, 0)
     assert feature_store(tmp_path, parity).verdict == "not yet"
 
@@ -213,7 +227,7 @@ def test_skew_makes_the_feature_store_due(tmp_path, tiny_db, monkeypatch):
         return {**row, name: (row[name] or 0) + 1} if row else row
 
     monkeypatch.setattr(build, "build_online", skewed)
-    parity = audit.parity_check(tiny_db)
+    parity = features_trigger.parity_check(tiny_db)
     assert (parity.status, parity.mismatches) == ("skew", 20)
     assert name in parity.examples[0]
     finding = feature_store(tmp_path, parity)
@@ -222,7 +236,7 @@ def test_skew_makes_the_feature_store_due(tmp_path, tiny_db, monkeypatch):
 
 
 def test_features_shared_by_a_second_consumer_make_the_feature_store_due(tmp_path):
-    unknown = audit.Parity("unknown", reason="no database")
+    unknown = features_trigger.Parity("unknown", reason="no database")
     assert feature_store(tmp_path / "a", unknown).verdict == "not yet"
     finding = feature_store(tmp_path / "b", unknown, "# model or team\nfraud-model  @risk-team\n")
     assert (finding.value, finding.verdict) == (2, "now")
@@ -231,7 +245,7 @@ def test_features_shared_by_a_second_consumer_make_the_feature_store_due(tmp_pat
 
 @pytest.mark.parametrize("url", ["sqlite:///{tmp}/absent.db", "mysql://nobody@nowhere/db", "not a url"])
 def test_parity_is_unknown_without_a_usable_database(tmp_path, url):
-    parity = audit.parity_check(url.format(tmp=tmp_path))
+    parity = features_trigger.parity_check(url.format(tmp=tmp_path))
     assert parity.status == "unknown" and parity.reason
     assert not (tmp_path / "absent.db").exists()  # the audit never creates a database
 
@@ -240,7 +254,7 @@ def test_parity_is_unknown_without_the_app_tables(tmp_path):
     import sqlite3
 
     sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x INTEGER)").connection.commit()
-    parity = audit.parity_check(f"sqlite:///{tmp_path / 'other.db'}")
+    parity = features_trigger.parity_check(f"sqlite:///{tmp_path / 'other.db'}")
     assert parity.status == "unknown" and "make seed" in parity.reason
 
 
@@ -268,6 +282,13 @@ def test_bad_arguments_exit_2(args, capsys):
         audit.main(args)
     assert exc.value.code == 2
     assert capsys.readouterr().err
+
+
+def test_a_pipeline_that_does_not_import_exits_2_naming_it(tmp_path, capsys):
+    broken = tmp_path / "pipeline.py"
+    broken.write_text("STEPS = ('load',\n")
+    assert audit.main(["--pipeline", str(broken), "--skip-parity", "--json"]) == 2
+    assert str(broken) in capsys.readouterr().err
 
 
 def test_default_run_on_the_repo_prints_a_table_and_exits_0(tmp_path):
