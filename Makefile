@@ -18,7 +18,7 @@ SHAPE      ?= constant
 MIX        ?= realistic
 
 .PHONY: help install up down test-compose seed train serve test lint loadtest bench experiments ab-report ab-demo \
-        audit rollback clean system-deps capacity
+        audit rollback clean system-deps capacity bench-peers
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ loadtest: install ## Locust against HOST (make loadtest HOST=http://127.0.0.1:80
 
 bench: install system-deps ## serving benchmark: model calls, /health, /predict, batch, RSS
 	$(PY) -m serve.bench $(ARGS)
+
+bench-peers: install system-deps ## this server vs pinned MLServer and BentoML, same model and wrk (var/peers/)
+	$(PY) -m serve.peers $(ARGS)
 
 capacity: install system-deps ## on >= 4 cores: server pinned to 2, wrk + Locust on the rest (loadtest/pinned.sh)
 	PY=$(PY) loadtest/pinned.sh

@@ -3,11 +3,15 @@
 1. in-process single-row model calls/s: the hot path's choices against the obvious ones
 2. GET /health ceiling (the framework's floor cost)
 3. POST /predict single row at 32 connections: req/s, p50, p99
-4. POST /predict/batch with 1,000-row batches at 16 connections: rows/s
-5. RSS per worker and time to ready
+4. POST /predict/user/{id} at 32 connections, ids drawn at random from the whole entity table
+   (features computed from the database per request; no cache flatters it), and its ratio to 3.
+5. POST /predict/batch with 1,000-row batches at 16 connections: rows/s
+6. RSS per worker and time to ready
 
-The HTTP figures are medians of interleaved rounds (/health, /predict, batch, again ...), so a
-slow spell of a shared host lowers every figure of a round rather than one ratio's half.
+The HTTP figures are medians of interleaved rounds (/health, /predict, by id, batch, again ...), so
+a slow spell of a shared host lowers every figure of a round rather than one ratio's half.
+The database is DATABASE_URL's (SQLite by default, Postgres when it points there); without a
+deployed model, a small one is trained on it, or on the default demo data seeded in a temp dir.
 
 By default the server and wrk share this machine's cores, as they would on one small box; on a
 bigger machine, `--server-cpus 0,1 --load-cpus 2-5` measures a 2-core server with wrk on its own cores.
@@ -27,17 +31,22 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.engine import make_url
 
 from deploy.local_scale import stop_process
+from features.db import redact
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = {"predict_rps": 3000, "predict_vs_health": 0.5, "p99_ms": 25, "batch_rows_s": 200_000,
-           "rss_mb": 250, "ready_s": 5}
+TARGETS = {"predict_rps": 3000, "predict_vs_health": 0.68, "p99_ms": 25, "batch_rows_s": 200_000,
+           "rss_mb": 250, "ready_s": 5, "batch_vs_model": 0.7, "online_ms_sqlite": 0.3,
+           # /predict/user req/s as a share of /predict req/s, same run
+           "user_vs_predict": {"sqlite": 0.25, "postgresql": 0.15}}
 
 
 def per_second(fn: Callable[[], object], seconds: float = 1.0) -> float:
@@ -58,22 +67,20 @@ def in_process(registry, version: str) -> dict[str, float]:
 
     from features.codec import CODEC
     from features.schema import FEATURES
-    from train.artifact import Scorer, predict
-
-    artifact, meta = registry.load(version)
-    row = meta["self_check"][0]["features"]
+    model, meta = registry.load(version)
+    row = meta.self_check[0].features
     body = json.dumps({"features": row}).encode()
-    codec, scorer = CODEC, Scorer(artifact)
+    codec = CODEC
     encoded = codec.row(row)
     X = np.asarray([encoded])
     fields = {f.name: ((str | None) if f.kind == "categorical" else (float | None), ...) for f in FEATURES}
     Model = create_model("Features", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
-    frame = pd.DataFrame(X, columns=artifact["feature_names"])
+    frame = pd.DataFrame(X, columns=model.feature_names)
     out = {
-        "score: LightGBM C single-row fast path": per_second(lambda: scorer.one(encoded)),
-        "score: Booster.predict on numpy": per_second(lambda: predict(artifact, X), 0.5),
+        "score: LightGBM C single-row fast path": per_second(lambda: model.score_one(encoded)),
+        "score: Booster.predict on numpy": per_second(lambda: model.score(X), 0.5),
         "score: Booster.predict on a 1-row DataFrame": per_second(
-            lambda: artifact["estimator"].predict(frame, num_threads=1), 0.5),
+            lambda: model.booster.predict(frame, num_threads=1), 0.5),
         "parse: orjson": per_second(lambda: orjson.loads(body)),
         "parse: json (stdlib)": per_second(lambda: json.loads(body)),
         "validate+encode: one pass (Codec.row)": per_second(lambda: codec.row(row)),
@@ -81,21 +88,87 @@ def in_process(registry, version: str) -> dict[str, float]:
         "validate: pydantic model": per_second(lambda: Model.model_validate(row)),
         "encode: no checks (Codec.encode_known)": per_second(lambda: codec.encode_known(row)),
         "whole hot path (parse+validate+encode+score)": per_second(
-            lambda: scorer.one(codec.row(orjson.loads(body)["features"]))),
+            lambda: model.score_one(codec.row(orjson.loads(body)["features"]))),
     }
     rows = batch_rows(meta)
     batch_body = json.dumps({"rows": rows}).encode()  # as wrk sends it
     batch = codec.matrix(rows)
     out["batch of 1,000: parse (orjson), rows/s"] = 1000 * per_second(lambda: orjson.loads(batch_body), 0.5)
     out["batch of 1,000: validate+encode (matrix), rows/s"] = 1000 * per_second(lambda: codec.matrix(rows), 0.5)
-    out["model only: 1,000-row batches, rows/s"] = 1000 * per_second(lambda: scorer.many(batch), 1.0)
+    out["model only: 1,000-row batches, rows/s"] = 1000 * per_second(lambda: model.score(batch), 1.0)
     return out
 
 
 def batch_rows(meta: dict, n: int = 1000) -> list[dict]:
     """n feature rows for the batch figures: the model's self-check rows, repeated."""
-    rows = [r["features"] for r in meta["self_check"]]
+    rows = [r.features for r in meta.self_check]
     return (rows * (n // len(rows) + 1))[:n]
+
+
+def entity_keys(db_url: str) -> list:
+    """Every key of spec.yml's entity table: the ids /predict/user is measured with."""
+    from sqlalchemy import column, select, table
+
+    from features.db import make_engine
+    from features.spec import SPEC
+
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(column(SPEC.entity.key)).select_from(table(SPEC.entity.table))).scalars())
+    finally:
+        engine.dispose()
+
+
+def online_in_process(db_url: str, keys: list, seconds: float = 1.0) -> dict[str, float]:
+    """Online features for one entity (random ids) per second, on a connection as the server holds one."""
+    import random
+    from datetime import UTC, datetime
+
+    from features.build import build_online, online_row
+    from features.db import make_engine
+
+    engine = make_engine(db_url, autocommit=True, pre_ping=False)
+    pick = random.Random(0).choice
+    now = datetime.now(UTC).replace(tzinfo=None)
+    try:
+        with engine.connect() as conn:
+            for key in keys[:200]:  # warm: statement compiled, driver caches filled
+                build_online(conn, key, now)
+            # best of 3 (timeit's advice): a shared host's slow spells only ever add time
+            sql_only = max(per_second(lambda: online_row(conn, pick(keys), now), seconds / 3) for _ in range(3))
+            whole = max(per_second(lambda: build_online(conn, pick(keys), now), seconds / 3) for _ in range(3))
+        checkout = max(per_second(lambda: engine.connect().close(), seconds / 6) for _ in range(3))
+        with engine.connect() as conn:  # CPU time: what a call costs when the host is busy
+            cpu_ms = 1000 * cpu_seconds(lambda: build_online(conn, pick(keys), now), 2000)
+    finally:
+        engine.dispose()
+    return {"online features, one entity (build_online)": whole,
+            "  of which the one SQL statement (online_row)": sql_only,
+            "pool checkout + return (once per request)": checkout,
+            "build_online CPU ms (this thread)": cpu_ms}
+
+
+def cpu_seconds(fn: Callable[[], object], n: int) -> float:
+    """This thread's CPU seconds per call of fn (a busy host's waits for a core not counted)."""
+    t0 = time.thread_time()
+    for _ in range(n):
+        fn()
+    return (time.thread_time() - t0) / n
+
+
+def lua_user_ids(path: Path, keys: list) -> Path:
+    """A wrk script: POST /predict/user/{id}, each request a random id of `keys`."""
+    ids = path.with_suffix(".ids")
+    ids.write_text("".join(urllib.parse.quote(str(k), safe="") + "\n" for k in keys))
+    path.write_text(f"""local ids = {{}}
+for line in io.lines("{ids}") do ids[#ids + 1] = line end
+math.randomseed(os.time())
+request = function()
+  return wrk.format("POST", "/predict/user/" .. ids[math.random(#ids)])
+end
+""")
+    return path
 
 
 def parse_cpus(text: str) -> set[int]:
@@ -181,28 +254,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, mapped: Path | None = None) -> float:
+    """Resident MB of a process, less the pages of `mapped` it has resident (SQLite's memory map of the
+    database file: the OS page cache, shared by every worker and reclaimable, not the worker's memory)."""
+    total = float("nan")
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+            total = int(line.split()[1]) / 1024
+    return total - (mapped_mb(pid, mapped) if mapped else 0.0)
+
+
+def mapped_mb(pid: int, path: Path) -> float:
+    """Resident MB of the process's mappings of `path` (/proc/<pid>/smaps)."""
+    kb, inside, target = 0, False, str(path.resolve())
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(None, 5)
+        if len(head) >= 5 and "-" in head[0] and not line.endswith(":"):  # a mapping's header line
+            inside = len(head) == 6 and head[5].strip() == target
+        elif inside and line.startswith("Rss:"):
+            kb += int(line.split()[1])
+    return kb / 1024
 
 
 def ensure_model(workdir: Path) -> tuple[Path, str]:
-    """MODEL_DIR if it has a model; else a small demo model trained in workdir."""
+    """MODEL_DIR's model and DATABASE_URL; else a small model trained in workdir (on DATABASE_URL when
+    it is set, else on the default demo data seeded into workdir: 20k entities for the by-id figure)."""
+    from registry.store import Registry
     from stack.settings import get_settings
-    from train.registry import Registry
 
     registry = Registry(get_settings().model_dir)
     if registry.current():
         return registry.root, get_settings().database_url
-    url = f"sqlite:///{workdir / 'app.db'}"
+    given = bool(os.environ.get("DATABASE_URL"))  # the user's database: train on it, never seed it
+    url = get_settings().database_url if given else f"sqlite:///{workdir / 'app.db'}"
     env = {**os.environ, "DATABASE_URL": url, "MODEL_DIR": str(workdir / "models"),
            "EXPERIMENTS_LOG": str(workdir / "runs.csv")}
-    print("bench: no deployed model; training a small demo model first ...", flush=True)
-    subprocess.run([sys.executable, "-m", "features.demo", "--scale", "0.2"], env=env, check=True, cwd=ROOT)
-    subprocess.run([sys.executable, "-m", "train", "--as-of-count", "4"], env=env, check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL)
+    if not given:
+        print("bench: no deployed model; seeding the default demo data into a temp dir ...", flush=True)
+        subprocess.run([sys.executable, "-m", "features.demo"], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    print(f"bench: no deployed model; training a small one on {redact(url)} ...", flush=True)
+    done = subprocess.run([sys.executable, "-m", "train", "--as-of-count", "4"], env=env, cwd=ROOT,
+                          stdout=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: training on {redact(url)} failed (above); `make seed` first?")
     return workdir / "models", url
 
 
@@ -210,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=4, help="per HTTP measurement and round (default 4)")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of /health, /predict, batch, interleaved; medians are reported (default 3)")
+                        help="rounds of /health, /predict, by id, batch, interleaved; medians are reported (default 3)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32, help="for /health and /predict (default 32)")
     parser.add_argument("--batch-connections", type=int, default=16,
@@ -239,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("wrk"):
         print("bench: wrk not found; run `make system-deps` (Debian package wrk)", file=sys.stderr)
         return 2
-    from train.registry import Registry
+    from registry.store import Registry
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     model_dir, db_url = ensure_model(work)
@@ -257,13 +351,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n1. in-process, single row, one thread (model {version})")
     if server_cpus:
         os.sched_setaffinity(0, {min(server_cpus)})
+    keys = entity_keys(db_url)
     try:
         calls = in_process(registry, version)
+        online = online_in_process(db_url, keys)
     finally:
         os.sched_setaffinity(0, everything)
     for name, value in calls.items():
         print(f"   {name:48s} {value:>12,.0f} /s")
+    database = make_url(db_url).get_backend_name()
+    print(f"   online, {len(keys):,} ids at random, {database}:")
+    for name, value in online.items():
+        if name.endswith("CPU ms (this thread)"):
+            print(f"   {name:48s} {value:>12.3f} ms")
+        else:
+            print(f"   {name:48s} {value:>12,.0f} /s  ({1000 / value:.3f} ms)")
     figures["in_process"] = calls
+    figures["online_in_process"] = online
+    figures["database"] = database
 
     port = free_port()
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": str(args.workers),
@@ -286,22 +391,26 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.05)
         ready_s = time.perf_counter() - t0
         meta = registry.meta(version)
-        row = meta["self_check"][0]["features"]
+        row = meta.self_check[0].features
         single = lua_post(work / "predict.lua", {"features": row})
         batch = lua_post(work / "batch.lua", {"rows": batch_rows(meta)})
+        by_id = lua_user_ids(work / "user.lua", keys)
         wrk(base + "/health", 2, args.connections, **load)  # warm-up
-        runs: dict[str, list[dict[str, float]]] = {"health": [], "predict": [], "batch": []}
+        wrk(base + "/", 2, args.connections, by_id, **load)  # warm-up: every worker's pool and statement
+        runs: dict[str, list[dict[str, float]]] = {"health": [], "predict": [], "user": [], "batch": []}
         for _ in range(args.rounds):  # interleaved, so a slow spell of the host hits every figure alike
             runs["health"].append(wrk(base + "/health", args.seconds, args.connections, **load))
             runs["predict"].append(wrk(base + "/predict", args.seconds, args.connections, single, **load))
+            runs["user"].append(wrk(base + "/", args.seconds, args.connections, by_id, **load))
             runs["batch"].append(wrk(base + "/predict/batch", args.seconds, args.batch_connections, batch, **load))
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
-        rss = [rss_mb(int(pid)) for pid in children]
+        db_file = Path(make_url(db_url).database) if database == "sqlite" else None
+        rss = [rss_mb(int(pid), db_file) for pid in children]
     finally:
         stop_process(server, 30)
         shutil.rmtree(work, ignore_errors=True)
 
-    health, predict, batches = (combine(runs[k]) for k in ("health", "predict", "batch"))
+    health, predict, user, batches = (combine(runs[k]) for k in ("health", "predict", "user", "batch"))
     rows_s = batches["rps"] * 1000
     if args.rounds > 1:
         print(f"\nmedians of {args.rounds} interleaved rounds of {args.seconds} s; each round's req/s in brackets")
@@ -309,12 +418,18 @@ def main(argv: list[str] | None = None) -> int:
           f"p99 {health['p99_ms']:.2f} ms  errors {health['errors']}  {spread(health)}")
     print(f"3. POST /predict (1 row)      {predict['rps']:>9,.0f} req/s  p50 {predict['p50_ms']:.2f} ms  "
           f"p99 {predict['p99_ms']:.2f} ms  errors {predict['errors']}  {spread(predict)}  ({args.connections} connections)")
-    print(f"4. POST /predict/batch        {rows_s:>9,.0f} rows/s ({batches['rps']:.0f} batches of 1,000/s, "
+    print(f"4. POST /predict/user/{{id}}    {user['rps']:>9,.0f} req/s  p50 {user['p50_ms']:.2f} ms  "
+          f"p99 {user['p99_ms']:.2f} ms  errors {user['errors']}  {spread(user)}  ({args.connections} connections, "
+          f"{len(keys):,} ids at random, {database})")
+    print(f"5. POST /predict/batch        {rows_s:>9,.0f} rows/s ({batches['rps']:.0f} batches of 1,000/s, "
           f"p99 {batches['p99_ms']:.1f} ms)  {spread(batches)}  ({args.batch_connections} connections)")
-    print(f"5. RSS per worker             {', '.join(f'{r:.0f} MB' for r in rss)};  ready in {ready_s:.1f} s")
+    print(f"6. RSS per worker             {', '.join(f'{r:.0f} MB' for r in rss)}"
+          f"{' (less the SQLite file map)' if database == 'sqlite' else ''};  ready in {ready_s:.1f} s")
     ratios = {
         "predict / health": statistics.median(  # round by round: both figures met the same host
             p["rps"] / h["rps"] for p, h in zip(runs["predict"], runs["health"], strict=True)),
+        "predict/user / predict": statistics.median(
+            u["rps"] / p["rps"] for u, p in zip(runs["user"], runs["predict"], strict=True)),
         "in-process whole hot path / HTTP predict per worker": calls["whole hot path (parse+validate+encode+score)"]
         / (predict["rps"] / args.workers),
         "fast path / Booster.predict": calls["score: LightGBM C single-row fast path"]
@@ -326,19 +441,27 @@ def main(argv: list[str] | None = None) -> int:
     print("\nratios")
     for name, value in ratios.items():
         print(f"   {name:52s} {value:8.2f}")
+    share = TARGETS["user_vs_predict"].get(database, TARGETS["user_vs_predict"]["postgresql"])
     checks = {
         f"/predict >= {TARGETS['predict_rps']} req/s": predict["rps"] >= TARGETS["predict_rps"],
         f"/predict >= {TARGETS['predict_vs_health']:.0%} of /health": ratios["predict / health"] >= TARGETS["predict_vs_health"],
         f"p99 <= {TARGETS['p99_ms']} ms": predict["p99_ms"] <= TARGETS["p99_ms"],
-        "zero errors": predict["errors"] == 0 and health["errors"] == 0 and batches["errors"] == 0,
+        "zero errors": all(f["errors"] == 0 for f in (health, predict, user, batches)),
+        f"/predict/user >= {share:.0%} of /predict ({database})": ratios["predict/user / predict"] >= share,
+        f"/predict/user p99 <= {TARGETS['p99_ms']} ms": user["p99_ms"] <= TARGETS["p99_ms"],
+        f"batch >= {TARGETS['batch_vs_model']} of model-only rows/s x workers":
+            ratios["HTTP batch rows/s / (model-only rows/s x workers)"] >= TARGETS["batch_vs_model"],
         f"batch >= {TARGETS['batch_rows_s']:,} rows/s": rows_s >= TARGETS["batch_rows_s"],
         f"RSS < {TARGETS['rss_mb']} MB per worker": all(r < TARGETS["rss_mb"] for r in rss),
         f"ready within {TARGETS['ready_s']} s": ready_s <= TARGETS["ready_s"],
     }
+    if database == "sqlite":
+        checks[f"online features <= {TARGETS['online_ms_sqlite']} ms in process (sqlite)"] = (
+            1000 / online["online features, one entity (build_online)"] <= TARGETS["online_ms_sqlite"])
     print("\ntargets (serve/README.md)")
     for name, ok in checks.items():
         print(f"   {'PASS' if ok else 'MISS'}  {name}")
-    figures.update(health=health, predict=predict, batch={**batches, "rows_s": rows_s}, rss_mb=rss,
+    figures.update(health=health, predict=predict, user=user, batch={**batches, "rows_s": rows_s}, rss_mb=rss,
                    ready_s=ready_s, ratios=ratios, targets=checks)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

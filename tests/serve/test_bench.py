@@ -88,3 +88,26 @@ def test_rounds_combine_into_medians_and_every_error():
     assert figure["rounds"] == [9000.0, 14000.0, 13000.0]
     assert spread(figure) == "[9,000 14,000 13,000]"
     assert spread(combine(runs[:1])) == ""
+
+
+def test_the_by_id_script_draws_from_every_key_url_encoded(tmp_path):
+    from serve.bench import lua_user_ids
+
+    script = lua_user_ids(tmp_path / "user.lua", ["u000001", 42, "a b/c"])
+    assert (tmp_path / "user.ids").read_text().splitlines() == ["u000001", "42", "a%20b%2Fc"]
+    lua = script.read_text()
+    assert str(tmp_path / "user.ids") in lua and "math.random(#ids)" in lua and '"/predict/user/"' in lua
+
+
+def test_rss_leaves_out_the_pages_of_a_mapped_database_file(tmp_path):
+    import mmap
+
+    from serve.bench import mapped_mb, rss_mb
+
+    data = tmp_path / "app.db"
+    data.write_bytes(b"\1" * (8 << 20))
+    with data.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        sum(mapped[i] for i in range(0, len(mapped), 4096))  # touch every page
+        assert mapped_mb(os.getpid(), data) == pytest.approx(8, abs=0.5)
+        assert rss_mb(os.getpid(), data) == pytest.approx(rss_mb(os.getpid()) - mapped_mb(os.getpid(), data), abs=1)
+    assert mapped_mb(os.getpid(), data) == 0
