@@ -187,6 +187,11 @@ def load(engine: Engine, data: DemoData) -> None:
         for table in tables.APP_TABLES:
             for index in table.indexes:
                 index.create(conn)
+    # Fresh statistics (and, on Postgres, a visibility map, without which the covering index of
+    # the one-user feature query cannot be read index-only: ~0.96 ms -> ~0.31 ms per user).
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in tables.APP_TABLES:
+            conn.exec_driver_sql(f"ANALYZE {table.name}" if is_sqlite(engine) else f"VACUUM ANALYZE {table.name}")
 
 
 def _ts_text(series: pd.Series) -> np.ndarray:
