@@ -90,6 +90,8 @@ def load_experiment(path: str | Path, available: Iterable[str] | None = None) ->
         return None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the experiment config: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:

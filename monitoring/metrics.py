@@ -116,6 +116,11 @@ MODEL_RELOAD_FAILURES = Counter(
     "model_reload_failures_total",
     "New model versions that failed to load or self-check; the old model kept serving.",
 )
+MODEL_SERVING_FALLBACK = Gauge(
+    "model_serving_fallback",
+    "1 while a worker serves another version than `current` names (current was refused or unreadable).",
+    multiprocess_mode="livemax",
+)
 
 ONLINE_FEATURE_VIOLATIONS = Counter(
     "model_online_feature_violations_total",
@@ -148,6 +153,7 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     MODEL_INFO,
     MODEL_TRAINED_TIMESTAMP,
     MODEL_RELOAD_FAILURES,
+    MODEL_SERVING_FALLBACK,
     ONLINE_FEATURE_VIOLATIONS,
     AB_EXPOSURES_RECORDED,
     AB_EXPOSURES_LOST,

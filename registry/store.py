@@ -67,11 +67,20 @@ class Registry:
         )
 
     def current(self) -> str | None:
-        """The version `current` names, or None when nothing is deployed."""
+        """The version `current` names, or None when nothing is deployed.
+
+        RegistryError when the file is there but unreadable (a directory, not UTF-8, no access).
+        """
         try:
-            value = self.current_file.read_text().strip()
+            value = self.current_file.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError as exc:
+            raise RegistryError(f"{self.current_file} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                "point it at a version with `make rollback TO=<version>`") from None
+        except OSError as exc:
+            raise RegistryError(f"cannot read {self.current_file}: {exc.strerror or exc}; "
+                                "point it at a version with `make rollback TO=<version>`") from None
         return value or None
 
     def path(self, version: str) -> Path:
@@ -157,7 +166,10 @@ class Registry:
     def set_current(self, version: str, action: str, reason: str) -> str | None:
         """Point `current` at `version` (atomic rename) and record it; returns the previous one."""
         self.path(version)  # must exist
-        previous = self.current()
+        try:
+            previous = self.current()
+        except RegistryError:  # an unreadable `current` is what a rollback repairs
+            previous = None
         tmp = self.root / f".current.{os.getpid()}.tmp"
         tmp.write_text(version + "\n")
         with tmp.open("rb") as f:
@@ -169,7 +181,12 @@ class Registry:
 
     def rollback(self, to: str | None = None, reason: str = "") -> tuple[str | None, str]:
         """Re-point `current` to `to`, or to the version deployed before the current one."""
-        now = self.current()
+        try:
+            now = self.current()
+        except RegistryError:
+            if to is None:
+                raise
+            now = None
         if to is None:
             to = self._previous_deployed(now)
             if to is None:
@@ -179,6 +196,19 @@ class Registry:
             raise RegistryError(f"{to} is already current")
         self.set_current(to, "rollback", reason or "manual rollback")
         return now, to
+
+    def deployed(self) -> list[str]:
+        """Versions history.csv says were deployed (promoted or rolled back to), newest first, once each."""
+        try:
+            rows = self.history()
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return []
+        seen: list[str] = []
+        for row in reversed(rows):
+            version = row.get("to_version") or ""
+            if VERSION_RE.match(version) and version not in seen:
+                seen.append(version)
+        return seen
 
     def _previous_deployed(self, now: str | None) -> str | None:
         # Walk the history backwards: the version that was current before `now` became current.

@@ -37,9 +37,9 @@ def main() -> int:
         return 2
     try:
         load_experiment(settings.ab_config, available=Registry(settings.model_dir).versions())
-    except ConfigError as exc:
-        print(f"serve: A/B config {settings.ab_config} refused: {exc}", file=sys.stderr)
-        return 2
+    except ConfigError as exc:  # the server still starts: /ready answers 503 with this reason until it is fixed
+        print(f"serve: A/B config {settings.ab_config} refused: {exc}; /ready answers 503 until it is fixed",
+              file=sys.stderr)
     # prometheus_client picks its storage when first imported: gunicorn and its workers must find
     # the folder in their environment (the master empties it in on_starting).
     os.environ.update(server_environment(settings.prometheus_multiproc_dir or Path("var/prometheus-multiproc").resolve()))

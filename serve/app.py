@@ -42,7 +42,10 @@ def create_app(settings: Settings, *, store: ModelStore | None = None, exposures
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(store.refresh)
+        try:
+            await asyncio.to_thread(store.refresh)
+        except Exception:  # a worker that cannot load yet still starts, answers 503 and keeps polling
+            log.exception("first model load failed")
         if store.state.current is None:
             log.warning("no model is being served yet: %s; /ready answers 503 until one loads", store.readiness())
         poller = asyncio.create_task(_poll(store, settings.model_poll_seconds))

@@ -77,7 +77,8 @@ def router(max_batch_rows: int) -> APIRouter:
         reason = store.readiness()
         if reason is not None:
             return json_response({"status": "not ready", "reason": reason}, 503)
-        return json_response({"status": "ready", "model_version": store.state.current.version})
+        return json_response({"status": "ready", "model_version": store.state.current.version,
+                              "fallback": store.fallback})
 
     @api.get("/model", summary="Metadata of the serving model(s), including the feature schema")
     async def model_info(store: StoreDep, _ready: ModelDep) -> Response:
@@ -92,6 +93,7 @@ def router(max_batch_rows: int) -> APIRouter:
             "ab_config_error": store.config_error,
             "feature_schema": schema_as_dicts(),
             "refused": store.failed,
+            "fallback": store.fallback,
         })
 
     @api.get("/metrics", summary="Prometheus metrics (all workers)")

@@ -18,20 +18,24 @@ from features.spec import KEY_MAX_CHARS, SPEC, Entity
 from serve.errors import RequestError, invalid_json
 
 _error = error
+MAX_DEPTH = 1024  # orjson's nesting limit
 
 
 def parse_json(body: bytes) -> Any:
     """Parse a request body; invalid JSON is a 400 naming the position.
 
-    orjson refuses NaN and Infinity; the stdlib parser then reads them so that the
-    validator can name the field that holds one.
+    orjson refuses NaN and Infinity, and integers beyond 64 bits; the stdlib parser then reads
+    them so that the validator can name the field that holds one. Nesting deeper than orjson's
+    limit (1,024) is refused as it is: the stdlib parser would recurse until RecursionError.
     """
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            raise invalid_json(f"nested deeper than {MAX_DEPTH} levels") from None
         try:
             return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise invalid_json(str(exc)) from None
 
 

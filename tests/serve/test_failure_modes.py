@@ -1,0 +1,274 @@
+"""Failure modes against a real gunicorn (`python -m serve`): hostile clients, broken registries.
+
+Each test reproduces one defect of the reliability probe (serve/README.md, "Failure modes"),
+with raw sockets where an HTTP client would refuse to send the request.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, copy_registry, free_port
+
+
+class Server:
+    """`python -m serve` in its own process group on a free loopback port, started on `registry`."""
+
+    def __init__(self, tmp: Path, registry, db_url: str, workers: int = 2, env: dict | None = None,
+                 wait_for: str = "/ready") -> None:
+        self.port = free_port()
+        self.log = tmp / f"serve-{self.port}.log"
+        environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": str(workers),
+                       "MODEL_DIR": str(registry.root), "DATABASE_URL": db_url, "MODEL_POLL_SECONDS": "0.5",
+                       "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"prom-{self.port}"),
+                       "AB_CONFIG": str(tmp / "no-experiment.yml"), **(env or {})}
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "serve"], cwd=ROOT, env=environment, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", wait_for)
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"server not answering {wait_for} in 60s:\n" + self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def raw(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
+    """Send bytes as they are; (status, body) of the answer, (0, b"") when the server just closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        reply = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            reply += chunk
+            head, _, body = reply.partition(b"\r\n\r\n")
+            length = [int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")]
+            if length and len(body) >= length[0]:
+                break
+    if not reply.startswith(b"HTTP/1.1 "):
+        return 0, reply
+    return int(reply[9:12]), reply.partition(b"\r\n\r\n")[2]
+
+
+def post(path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def metric(server: Server, prefix: str) -> float:
+    """The sum of every sample whose line starts with `prefix` in /metrics."""
+    status, body = raw(server.port, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert status == 200
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines() if line.startswith(prefix))
+
+
+def json_of(server: Server, path: str) -> tuple[int, dict]:
+    status, body = raw(server.port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    return status, json.loads(body)
+
+
+def _wait(predicate, seconds: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached in {seconds}s")
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory, small_models, small_sqlite_url):
+    """One server for the hostile-client tests (they change nothing on disk)."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    registry = copy_registry(small_models[0], tmp / "models")
+    server = Server(tmp, registry, small_sqlite_url)
+    yield server, registry
+    server.stop()
+
+
+def _features(registry) -> dict:
+    return registry.meta(registry.current()).self_check[0].features
+
+
+# -- 3. bad JSON never answers 500 -----------------------------------------------------------------
+DEEP = 2000
+HOSTILE_BODIES = {
+    "arrays nested 2,000 deep": b"[" * DEEP + b"]" * DEEP,
+    "objects nested 2,000 deep": b'{"a":' * DEEP + b"1" + b"}" * DEEP,
+    "features: 1,000-deep arrays": b'{"features": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+    "a feature of 1,000-deep arrays": b'{"features": {"x": ' + b"[" * 1000 + b"]" * 1000 + b"}}",
+    "deep arrays after a NaN": b'{"features": {"x": NaN, "y": ' + b"[" * 990 + b"]" * 990 + b"}}",
+    "a 400-digit integer feature": b'{"features": {"x": ' + b"9" * 400 + b"}}",
+    "a 400-digit user_id": b'{"features": {}, "user_id": ' + b"9" * 400 + b"}",
+    "a 400-digit body": b"9" * 400,
+    "a 5,000-digit integer": b'{"features": {"x": ' + b"9" * 5000 + b"}}",
+}
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
+def test_hostile_json_gets_a_4xx_never_a_500(running, path):
+    server, _ = running
+    before = metric(server, 'http_requests_total{method="POST",route="' + path + '",status="5xx"}')
+    for name, body in HOSTILE_BODIES.items():
+        if path.endswith("batch"):
+            body = body.replace(b'{"features": {', b'{"rows": [{').replace(b"}}", b"}]}") \
+                if body.startswith(b'{"features": {') else body.replace(b'"features"', b'"rows"')
+        status, reply = raw(server.port, post(path, body))
+        assert 400 <= status < 500, f"{name}: {status} {reply[:300]!r}"
+        assert len(reply) < 20_000, f"{name}: the error body echoes the input ({len(reply)} bytes)"
+        json.loads(reply)
+    assert metric(server, 'http_requests_total{method="POST",route="' + path + '",status="5xx"}') == before
+    assert "Traceback" not in server.log.read_text()
+
+
+# -- 4. a client that hangs up mid-body is not a server error -----------------------------------
+def test_a_client_that_disconnects_mid_body_is_not_a_5xx(running):
+    server, registry = running
+    body = json.dumps({"features": _features(registry)}).encode()
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(post("/predict", body)[: -len(body) // 2])
+            time.sleep(0.05)
+    time.sleep(0.5)
+    assert metric(server, 'http_requests_total{method="POST",route="/predict",status="5xx"}') == 0
+    assert metric(server, 'http_requests_total{method="POST",route="/predict",status="4xx"}') >= 5
+    log = server.log.read_text()
+    assert "ClientDisconnect" not in log and "Traceback" not in log
+
+
+# -- 2. a refused `current` falls back to the last version that loaded ---------------------------
+def test_a_refused_current_falls_back_to_the_last_good_version(tmp_path, small_models, small_sqlite_url):
+    _, v1, v2 = small_models
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    registry.set_current(v2, "promote", "test: the promoted artifact then breaks")
+    artifact = registry.versions_dir / v2 / "model.joblib"
+    artifact.write_bytes(artifact.read_bytes()[:200])  # truncated
+    server = Server(tmp_path, registry, small_sqlite_url)  # a fresh start on this state is ready
+    try:
+        status, ready = json_of(server, "/ready")
+        assert status == 200 and ready["model_version"] == v1
+        assert v2 in ready["fallback"] and v1 in ready["fallback"]
+        _, info = json_of(server, "/model")
+        assert info["current"] == v1 and v2 in info["refused"] and info["fallback"]
+        assert metric(server, "model_serving_fallback") == 1
+        assert metric(server, "model_reload_failures_total") >= 1
+        # a worker killed -9 comes back serving the fallback, not 503
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+        os.kill(workers[0], signal.SIGKILL)
+        _wait(lambda: len(subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                                         text=True).stdout.split()) == 2, 20, "a new worker")
+        time.sleep(1.0)
+        body = json.dumps({"features": registry.meta(v1).self_check[0].features}).encode()
+        answers = [raw(server.port, post("/predict", body)) for _ in range(30)]
+        assert all(s == 200 and json.loads(b)["model_version"] == v1 for s, b in answers), answers[:3]
+    finally:
+        server.stop()
+
+
+# -- 5. malformed registry and A/B files are refusals, not tracebacks ---------------------------
+def test_malformed_registry_and_ab_files_are_refused_counted_and_listed(tmp_path, small_models,
+                                                                        small_sqlite_url):
+    _, v1, v2 = small_models
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    ab = tmp_path / "ab.yml"
+    server = Server(tmp_path, registry, small_sqlite_url, env={"AB_CONFIG": str(ab)})
+    try:
+        current = registry.current_file
+        failures = metric(server, "model_reload_failures_total")
+        # non-UTF-8 bytes in `current`: refused, listed, served model unchanged
+        current.write_bytes(b"\xff\xfe\x00garbage\n")
+        _wait(lambda: "current" in json_of(server, "/model")[1]["refused"], what="`current` listed as refused")
+        assert json_of(server, "/ready")[0] == 200
+        time.sleep(1.5)  # three polls: one refusal per worker, not one per poll
+        assert metric(server, "model_reload_failures_total") - failures <= 2
+        # meta.json that is a JSON list, and one with "library_versions": null
+        for name, meta in (("20990101T000000Z-aaaaaa", "[1, 2]"), ("20990101T000000Z-bbbbbb", None)):
+            folder = registry.versions_dir / name
+            shutil.copytree(registry.versions_dir / v2, folder)
+            doc = json.loads((folder / "meta.json").read_text())
+            doc["version"], doc["library_versions"] = name, None
+            (folder / "meta.json").write_text(meta or json.dumps(doc))
+            registry.set_current(name, "promote", "test: a malformed meta.json")
+            _wait(lambda n=name: n in json_of(server, "/model")[1]["refused"], what=f"{name} refused")
+        # `current` is a directory
+        current.unlink()
+        current.mkdir()
+        _wait(lambda: "current" in json_of(server, "/model")[1]["refused"], what="a directory refused")
+        current.rmdir()
+        # a non-UTF-8 A/B config is refused and hot reload keeps working
+        ab.write_bytes(b"experiment:\n  name: \xff\xfe\n")
+        _wait(lambda: json_of(server, "/model")[1].get("ab_config_error"), what="A/B config refused")
+        registry.set_current(v2, "promote", "test: hot reload with a refused A/B config")
+        _wait(lambda: json_of(server, "/ready")[1].get("model_version") == v2, what="hot reload to v2")
+        _, info = json_of(server, "/model")
+        assert "current" not in info["refused"] and "UTF-8" in info["ab_config_error"]
+        assert metric(server, "model_reload_failures_total") > failures
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def test_a_fresh_start_on_a_broken_registry_serves_503_with_the_reason(tmp_path, small_models,
+                                                                      small_sqlite_url):
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    registry.history_file.unlink()  # nothing to fall back to
+    registry.current_file.unlink()
+    registry.current_file.mkdir()
+    server = Server(tmp_path, registry, small_sqlite_url, wait_for="/health")
+    try:
+        status, ready = json_of(server, "/ready")
+        assert status == 503 and "current" in ready["reason"]
+        registry.current_file.rmdir()
+        registry.set_current(small_models[1], "rollback", "test: repaired")
+        _wait(lambda: json_of(server, "/ready")[0] == 200, what="ready after the repair")
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def test_a_fresh_start_on_a_non_utf8_ab_config_serves_503_with_the_reason(tmp_path, small_models,
+                                                                        small_sqlite_url):
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    ab = tmp_path / "ab.yml"
+    ab.write_bytes(b"\xff\xfe\x00")
+    server = Server(tmp_path, registry, small_sqlite_url, env={"AB_CONFIG": str(ab)}, wait_for="/health")
+    try:
+        status, ready = json_of(server, "/ready")
+        assert status == 503 and "A/B config" in ready["reason"] and "UTF-8" in ready["reason"]
+        ab.write_text("experiment: null\n")
+        _wait(lambda: json_of(server, "/ready")[0] == 200, what="ready after the A/B config is fixed")
+    finally:
+        server.stop()
