@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import platform
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -45,6 +45,43 @@ class ScoreBaseline(_Model):
         return self
 
 
+MISSING_BIN = "missing"
+"""The bin label of a missing (null) input, after a feature's value or range bins."""
+
+
+class FeatureBaseline(_Model):
+    """One feature's training inputs in bins: the server counts served inputs into the same bins.
+
+    Numeric: `edges` are the inner quantile edges, bin i holds [edges[i-1], edges[i]) (the first
+    bin is open below, the last open above). Categorical: one bin per value, in schema order.
+    A nullable feature has a last bin for missing inputs. `fractions` has one entry per bin.
+    """
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    edges: list[float] = Field(default_factory=list)
+    values: list[str] = Field(default_factory=list)
+    nullable: bool = False
+    fractions: list[float]
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureBaseline:
+        if not all(math.isfinite(e) for e in self.edges) or self.edges != sorted(set(self.edges)):
+            raise ValueError(f"edges must be finite, distinct and ascending; got {self.edges}")
+        if MISSING_BIN in self.values:
+            raise ValueError(f"a categorical value may not be named {MISSING_BIN!r} (the missing bin)")
+        if len(self.fractions) != len(self.bins()):
+            raise ValueError(f"needs {len(self.bins())} fractions (one per bin), got {len(self.fractions)}")
+        if not all(0.0 <= f <= 1.0 for f in self.fractions) or abs(sum(self.fractions) - 1.0) > 0.01:
+            raise ValueError(f"fractions must be in [0, 1] and sum to 1; got {self.fractions}")
+        return self
+
+    def bins(self) -> list[str]:
+        """The bin labels the server exports: "0".."n" (numeric) or the values, then "missing"."""
+        labels = list(self.values) if self.kind == "categorical" else [str(i) for i in range(len(self.edges) + 1)]
+        return labels + [MISSING_BIN] if self.nullable else labels
+
+
 class SelfCheckRow(_Model):
     """A request-shaped row and the score the model gave it when it was saved."""
 
@@ -74,6 +111,8 @@ class ModelMeta(_Model):
     params: dict[str, Any]
     metrics: dict[str, float]
     score_baseline: ScoreBaseline
+    # per-feature input bins, in schema order; empty in files written before drift was counted
+    feature_baselines: list[FeatureBaseline] = Field(default_factory=list)
     self_check: list[SelfCheckRow] = Field(min_length=1)
     notes: str = ""
 

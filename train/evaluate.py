@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
+from features.schema import Feature
 
 METRICS = ("roc_auc", "pr_auc", "log_loss", "brier")
 
@@ -36,6 +39,33 @@ def score_baseline(scores: np.ndarray, bins: int = 10) -> dict[str, list[float]]
     edges = [0.0, *[float(x) for x in inner], 1.0]
     counts = np.histogram(np.clip(scores, 0, 1), bins=edges)[0]
     return {"edges": edges, "fractions": [float(c) / len(scores) for c in counts]}
+
+
+def feature_baselines(X: np.ndarray, features: Sequence[Feature], bins: int = 10) -> list[dict]:
+    """Each feature's training inputs in bins, from the encoded matrix (columns in schema order).
+
+    Numeric: inner decile edges (repeated quantiles merge, so a count that is mostly 0 gets few
+    bins); categorical: one bin per value (the encoded value is its index). Missing inputs get a
+    last bin when the feature is nullable. The server counts served rows into the same bins.
+    """
+    out = []
+    for j, f in enumerate(features):
+        column = X[:, j]
+        missing = np.isnan(column)
+        present = column[~missing]
+        edges: list[float] = []
+        if f.kind == "categorical":
+            counts = np.bincount(present.astype(np.int64), minlength=len(f.values))[: len(f.values)]
+        else:
+            if present.size:
+                inner = np.unique(np.quantile(present, np.linspace(0, 1, bins + 1)[1:-1]))
+                edges = [float(e) for e in inner if e > present.min()]  # no bin below the minimum
+            counts = np.bincount(np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1)
+        counts = [*counts.tolist(), int(missing.sum())] if f.nullable else counts.tolist()
+        total = max(sum(counts), 1)
+        out.append({"name": f.name, "kind": f.kind, "edges": edges, "values": list(f.values),
+                    "nullable": f.nullable, "fractions": [c / total for c in counts]})
+    return out
 
 
 def save_plots(folder: Path, y: np.ndarray, p: np.ndarray, importance: dict[str, float]) -> list[str]:
