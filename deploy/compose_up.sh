@@ -122,11 +122,17 @@ up() {
     say "  Prometheus  http://127.0.0.1:9090"
     say "  Grafana     http://127.0.0.1:3000        user admin, password: GRAFANA_ADMIN_PASSWORD in .env"
     say "  logs        docker compose logs -f serve trainer"
-    say "try it (scores user u000123 with features computed from the stack's Postgres):"
-    say "  curl -s -X POST http://127.0.0.1:8000/predict/user/u000123"
-    say "  curl -s -X POST http://127.0.0.1:8000/predict -H 'content-type: application/json' -d @serve/example.json"
+    # The examples come from features/spec.yml, read inside the image (the host needs no Python).
+    local key
+    key="$(docker compose exec -T serve python -m features key)" || compose_failed $?
+    mkdir -p var
+    docker compose exec -T serve python -m features example > var/example.json.tmp || compose_failed $?
+    mv var/example.json.tmp var/example.json
+    say "try it (scores $key with features computed from the stack's Postgres; var/example.json is a /predict body):"
+    say "  curl -s -X POST http://127.0.0.1:8000/predict/user/$key"
+    say "  curl -s -X POST http://127.0.0.1:8000/predict -H 'content-type: application/json' -d @var/example.json"
     if command -v curl >/dev/null 2>&1; then
-        say "  -> $(curl -s --max-time 10 -X POST http://127.0.0.1:8000/predict/user/u000123)"
+        say "  -> $(curl -s --max-time 10 -X POST "http://127.0.0.1:8000/predict/user/$key")"
     fi
 }
 

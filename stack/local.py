@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deploy import harness
 from deploy.local_scale import (
     ScaleError,
     is_running,
@@ -100,17 +101,17 @@ def up(scale: int) -> None:
     _python("-m", "features.demo")
     _python("-m", "train", "--if-missing")
     if scale == 1:
-        log = LOGS / "serve.log"
-        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port)}
-        process = spawn([sys.executable, "-m", "serve"], env, log, RUN / "serve.pid")
-        wait_healthy(f"http://127.0.0.1:{port}/ready", process, log, 90)
-        print(f"up: model server on http://127.0.0.1:{port} (pid {process.pid}, log {log})")
+        server = harness.start(LOGS / "serve.log", port=port, pid_file=RUN / "serve.pid")
+        server.wait_ready(90)
+        print(f"up: model server on {server.url} (pid {server.process.pid}, log {server.log})")
     else:
         result = subprocess.run([sys.executable, str(ROOT / "deploy/local_scale.py"), "start",
                                  "--instances", str(scale), "--port", str(port), "--run-dir", str(SCALE_RUN),
                                  "--health-path", "/ready", "--timeout", "90"], cwd=ROOT)
         if result.returncode != 0:
             raise LocalError("up: could not start the scaled servers; see above")
+    example = VAR / "example.json"  # a /predict body from features/spec.yml, for the curl below
+    example.write_text(json.dumps(example_request()) + "\n")
     prometheus = start_prometheus([port] if scale == 1 else list(range(port + 1, port + scale + 1)))
     base = f"http://127.0.0.1:{port}"
     print(f"""
@@ -121,7 +122,7 @@ The stack is up.
   Prometheus   {prometheus}  (alerts: {prometheus}/alerts)''' if prometheus else ''}
 Try a prediction ({SPEC.task}):
   curl -s -X POST {base}/predict/user/{SPEC.entity.example}
-  curl -s -X POST {base}/predict -H 'content-type: application/json' -d '{json.dumps(example_request())}'
+  curl -s -X POST {base}/predict -H 'content-type: application/json' -d @var/example.json
 Stop with: make down""")
 
 
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--scale must be at least 1, got {args.scale}")
     try:
         up(args.scale) if args.action == "up" else down()
-    except ScaleError as exc:
+    except (ScaleError, harness.ServerError) as exc:
         print(f"up: {exc}", file=sys.stderr)
         return 2
     except LocalError as exc:

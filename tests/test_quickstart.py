@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from features.spec import SPEC
 from tests.conftest import ROOT, free_port
 
 STACK_VARS = ("DATABASE_URL", "MODEL_DIR", "EXPERIMENTS_LOG", "AB_CONFIG", "PORT", "HOST", "WEB_CONCURRENCY",
@@ -32,6 +33,7 @@ def fresh_copy(dest: Path) -> Path:
 
 def make(copy: Path, target: str, port: int, timeout: int = 420) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in STACK_VARS and not k.startswith("MAKE")}
+    env["STACK_MODE"] = "local"  # this tests local mode, whatever Docker engine answers
     return subprocess.run(["make", target, f"VENV={ROOT / '.venv'}", f"PORT={port}"], cwd=copy, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -52,13 +54,13 @@ def test_make_up_predict_make_down(tmp_path):
         up = make(copy, "up", port)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         assert f"http://127.0.0.1:{port}/docs" in up.stdout and "curl" in up.stdout
-        body = (copy / "serve/example.json").read_bytes()
+        body = (copy / "var/example.json").read_bytes()  # written by make up from features/spec.yml
         request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body,
                                          headers={"content-type": "application/json"})
         answer = json.loads(urllib.request.urlopen(request, timeout=10).read())
         assert 0.0 <= answer["score"] <= 1.0 and answer["model_version"]
         user = json.loads(urllib.request.urlopen(urllib.request.Request(
-            f"http://127.0.0.1:{port}/predict/user/u000123", method="POST"), timeout=10).read())
+            f"http://127.0.0.1:{port}/predict/user/{SPEC.entity.example}", method="POST"), timeout=10).read())
         assert 0.0 <= user["score"] <= 1.0
         again = make(copy, "up", port, timeout=60)  # a second `make up` refuses, in one line
         assert again.returncode != 0 and "already running" in again.stderr

@@ -37,6 +37,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from features.spec import SPEC  # noqa: E402  (the domain: its example key, its entity table)
+
 PROJECT = "boring-ml-stack-test"
 IMAGE = "boring-ml-stack:test"
 API, BALANCER, PROMETHEUS = "http://127.0.0.1:8000", "http://127.0.0.1:8080", "http://127.0.0.1:9090"
@@ -44,7 +47,8 @@ CACHE = Path(os.environ.get("STANDIN_CACHE", Path.home() / ".cache/boring-ml-sta
 PLUGIN = Path.home() / ".docker/cli-plugins/docker-compose"
 STACK_VARS = ("DATABASE_URL", "MODEL_DIR", "EXPERIMENTS_LOG", "AB_CONFIG", "PORT", "HOST", "WEB_CONCURRENCY",
               "PROMETHEUS_MULTIPROC_DIR", "ADMIN_TOKEN", "MODEL_POLL_SECONDS", "SCALE", "COMPOSE_FILE")
-USER = "u000123"
+USER = SPEC.entity.example
+ENTITIES, KEY = SPEC.entity.table, SPEC.entity.key
 STARTED = time.monotonic()
 
 
@@ -342,18 +346,18 @@ def check_image_and_order(stack: Stack) -> str:
 def check_api(stack: Stack, version: str) -> None:
     status, _ = http("GET", f"{API}/ready")
     expect(status == 200, f"/ready answered {status}")
-    status, answer = http("POST", f"{API}/predict", (stack.clone / "serve/example.json").read_bytes())
+    status, answer = http("POST", f"{API}/predict", (stack.clone / "var/example.json").read_bytes())
     expect(status == 200 and 0 <= answer["score"] <= 1 and answer["model_version"] == version, f"/predict: {status} {answer}")
     status, answer = http("POST", f"{API}/predict/user/{USER}")
     expect(status == 200 and 0 <= answer["score"] <= 1, f"/predict/user/{USER}: {status} {answer}")
-    expect(stack.sql(f"select count(*) from users where user_id = '{USER}'") == "1", f"{USER} is not in compose's Postgres")
+    expect(stack.sql(f"select count(*) from {ENTITIES} where {KEY} = '{USER}'") == "1", f"{USER} is not in compose's Postgres")
     serve_env = stack.container("serve")["Config"]["Env"]
     expect(any(e.startswith("DATABASE_URL=postgresql+psycopg://app:") and "@db:5432/app" in e for e in serve_env),
            "serve does not read the compose Postgres")
     status, _ = http("POST", f"{API}/predict/user/no-such-user")
     expect(status == 404, f"/predict/user/no-such-user answered {status}, not 404")
-    users = stack.sql("select count(*) from users")
-    say(f"  /ready 200; /predict and /predict/user/{USER} scored by {version} ({users} users in compose's Postgres)")
+    users = stack.sql(f"select count(*) from {ENTITIES}")
+    say(f"  /ready 200; /predict and /predict/user/{USER} scored by {version} ({users} {ENTITIES} in compose's Postgres)")
 
 
 def check_hardening(stack: Stack) -> None:
@@ -390,7 +394,7 @@ def check_prometheus(stack: Stack) -> None:
                    and t["health"] == "up" for t in targets["data"]["activeTargets"])
 
     wait_for("Prometheus to scrape serve:8000 (up)", serve_up, 60)
-    body = (stack.clone / "serve/example.json").read_bytes()
+    body = (stack.clone / "var/example.json").read_bytes()
     seen = []
     for _ in range(2):
         before = predictions_total() if seen else 0.0
@@ -442,9 +446,9 @@ def check_dashboards() -> None:
 def check_restarts(stack: Stack, version: str) -> float:
     stack.compose("restart", "serve")
     wait_for("serve to be ready after a restart", lambda: http("GET", f"{API}/ready")[0] == 200, 120)
-    expect(http("POST", f"{API}/predict", (stack.clone / "serve/example.json").read_bytes())[1]["model_version"] == version,
+    expect(http("POST", f"{API}/predict", (stack.clone / "var/example.json").read_bytes())[1]["model_version"] == version,
            "serve came back with another model")
-    runs, users = len(stack.runs_csv()), stack.sql("select count(*) from users")
+    runs, users = len(stack.runs_csv()), stack.sql(f"select count(*) from {ENTITIES}")
     down = stack.make("down")
     expect(down.returncode == 0, f"make down failed: {down.stderr}")
     expect(not stack.containers(), "make down left containers running")
@@ -455,12 +459,12 @@ def check_restarts(stack: Stack, version: str) -> float:
     took = time.monotonic() - started
     expect(up.returncode == 0, f"second make up failed:\n{up.stdout[-3000:]}\n{up.stderr[-2000:]}")
     expect("wrote .env" not in up.stdout, "the second make up wrote .env again")
-    expect(http("POST", f"{API}/predict", (stack.clone / "serve/example.json").read_bytes())[1]["model_version"] == version,
+    expect(http("POST", f"{API}/predict", (stack.clone / "var/example.json").read_bytes())[1]["model_version"] == version,
            "after make down + make up another model serves")
     expect(len(stack.runs_csv()) == runs, "the trainer retrained on the second make up")
     expect("nothing to do (--if-missing)" in stack.compose("logs", "trainer").stdout, "the trainer did not skip training")
-    expect(stack.sql("select count(*) from users") == users, "the data changed across make down + make up")
-    say(f"  restart serve and make down + make up: same model {version}, {users} users, {runs - 1} training run(s), "
+    expect(stack.sql(f"select count(*) from {ENTITIES}") == users, "the data changed across make down + make up")
+    say(f"  restart serve and make down + make up: same model {version}, {users} {ENTITIES}, {runs - 1} training run(s), "
         f"no retraining; warm make up took {took:.0f} s")
     return took
 
@@ -525,7 +529,7 @@ def check_scale(stack: Stack) -> None:
     expect(len(replicas) == 2, f"{len(replicas)} serve-scaled replicas running, not 2")
     names = [c["Name"].lstrip("/") for c in replicas]
     before = [replica_predictions(n) for n in names]
-    body = (stack.clone / "serve/example.json").read_bytes()
+    body = (stack.clone / "var/example.json").read_bytes()
     for _ in range(40):
         status, _ = http("POST", f"{BALANCER}/predict", body)
         expect(status == 200, f"nginx answered {status}")

@@ -29,6 +29,8 @@ case "$1" in
     case " $* " in
       *" version "*) echo "Docker Compose version v2.40.3" ;;
       *" up "*) [ -e "$FAKE/engine-dies" ] && { touch "$FAKE/no-engine"; echo "error during connect" >&2; exit 1; } ;;
+      *" features key "*) echo "k-from-the-spec" ;;
+      *" features example "*) echo '{"features": {"f": 1.0}, "user_id": "k-from-the-spec"}' ;;
     esac
     exit 0 ;;
 esac
@@ -76,6 +78,9 @@ def refusal(result: subprocess.CompletedProcess) -> str:
 def test_first_up_writes_env_with_fresh_secrets_then_runs_compose(repo: Path) -> None:
     result = script(repo, "up")
     assert result.returncode == 0, result.stderr
+    # the curl examples come from the spec inside the image, not from a file a fork must edit
+    assert "/predict/user/k-from-the-spec" in result.stdout and "-d @var/example.json" in result.stdout
+    assert '"user_id": "k-from-the-spec"' in (repo / "var/example.json").read_text()
     assert [line for line in result.stdout.splitlines() if ".env" in line and "wrote" in line] == [
         "up: wrote .env from .env.example with generated secrets (mode 0600, git-ignored; it is never overwritten)"]
     env = repo / ".env"
