@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,10 +29,9 @@ import yaml
 
 from ab.config import CURRENT
 from ab.exposures import ab_exposures
-from deploy.local_scale import stop_process
+from deploy import harness
 from features.spec import SPEC
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "ab-demo"
 CONTROL, CHALLENGER = "control", "challenger"
 MARKER = ".ab-demo"  # only a folder holding this file (or an empty one) is ever wiped
@@ -90,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.database_url:
             refuse_a_database_with_data(db_url)
         as_of = run_experiment(args, work, db_url, progress)
-    except (RuntimeError, OSError, sa.exc.SQLAlchemyError) as exc:  # DemoError, TrainError, ...
+    except (RuntimeError, OSError, sa.exc.SQLAlchemyError) as exc:  # DemoError, ServerError, TrainError
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -143,17 +139,28 @@ def run_experiment(
             f"experiment {EXPERIMENT!r} in {config}: 50/50, control = current ({control}), "
             f"challenger = {challenger}"
         )
-        server = DemoServer(work, model_dir, db_url, config)
+        # everything the server reads and writes is in the workdir
+        server = harness.start(
+            work / "serve.log",
+            {
+                "WEB_CONCURRENCY": "2",
+                "MODEL_DIR": str(model_dir),
+                "DATABASE_URL": db_url,
+                "AB_CONFIG": str(config),
+                "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
+            },
+        )
         progress(
             f"starting the server (python -m serve, 2 workers) on 127.0.0.1:{server.port}, "
             f"log {server.log}"
         )
         try:
-            server.start()
+            server.wait_ready(60)
             progress("server ready")
             traffic = send_traffic(server.port, features, args.seed, progress)
         finally:
-            code = server.stop()
+            # SIGTERM: gunicorn finishes requests, workers flush exposures; SIGKILL after 30 s
+            code = server.stop(30)
         progress(
             f"server stopped with SIGTERM (exit {code}); its exposure writers flushed on shutdown"
         )
@@ -280,57 +287,6 @@ def write_config(path: Path, challenger: str, seed: int) -> None:
         }
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-
-
-class DemoServer:
-    """`python -m serve` on a free loopback port, everything it reads and writes in the workdir."""
-
-    def __init__(self, work: Path, model_dir: Path, db_url: str, config: Path) -> None:
-        self.port = _free_port()
-        self.log = work / "serve.log"
-        self.env = {
-            **os.environ,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "WEB_CONCURRENCY": "2",
-            "MODEL_DIR": str(model_dir),
-            "DATABASE_URL": db_url,
-            "AB_CONFIG": str(config),
-            "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60) -> None:
-        """Start it and wait for /ready; DemoError with the log's tail when it does not come up."""
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "serve"],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DemoError(f"the server exited with {self.proc.returncode}:\n{self._tail()}")
-            try:
-                if _request(self.port, "GET", "/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise DemoError(f"the server was not ready within {timeout:.0f}s:\n{self._tail()}")
-
-    def stop(self) -> int | None:
-        """SIGTERM (gunicorn finishes requests, workers flush exposures); SIGKILL after 30 s."""
-        if self.proc is None:
-            return None
-        return stop_process(self.proc, 30)
-
-    def _tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def send_traffic(port: int, features: dict[str, dict], seed: int, progress: Progress) -> Traffic:
@@ -474,12 +430,6 @@ def _request(
     finally:
         if own:
             conn.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fmt(counts: Counter[str]) -> str:

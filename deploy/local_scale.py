@@ -114,14 +114,16 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def spawn(argv: list[str], env: dict[str, str], log: Path, pid_file: Path) -> subprocess.Popen:
-    """Start argv in its own session (so it outlives us and can be stopped as a group)."""
+def spawn(argv: list[str], env: dict[str, str], log: Path, pid_file: Path | None) -> subprocess.Popen:
+    """Start argv in its own session (so it outlives us and can be stopped as a group); output
+    appended to log, the pid written to pid_file when there is one."""
     with log.open("ab") as out:
         process = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
-    pid_file.write_text(f"{process.pid}\n")
+    if pid_file is not None:
+        pid_file.write_text(f"{process.pid}\n")
     return process
 
 

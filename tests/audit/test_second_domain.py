@@ -28,7 +28,7 @@ FORK_PLACES = ("features/spec.yml", "features/sql/", "features/demo/")
 
 # Runs inside the fork (cwd and PYTHONPATH = the fork), one database per run.
 STEPS = r'''
-import json, os, runpy, subprocess, sys, time, urllib.error, urllib.request
+import json, os, runpy, subprocess, sys, urllib.error, urllib.request
 from pathlib import Path
 
 out = {}
@@ -68,20 +68,12 @@ keys = frame[SPEC.entity.key].tolist()
 rows = build.feature_rows(frame.head(5))
 engine.dispose()
 
+from deploy import harness
+
 port = int(os.environ["PORT"])
-log = open(os.environ["SERVE_LOG"], "w")
-server = subprocess.Popen([sys.executable, "-m", "serve"], stdout=log, stderr=subprocess.STDOUT,
-                          env={**os.environ, "WEB_CONCURRENCY": "1"}, start_new_session=True)
+server = harness.start(Path(os.environ["SERVE_LOG"]), {"WEB_CONCURRENCY": "1"}, port=port)
 try:
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        sys.exit("the server never became ready: " + Path(os.environ["SERVE_LOG"]).read_text()[-3000:])
+    server.wait_ready(120)  # ServerError with the log's tail when it does not come up
     out["model"] = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/model").read())
     openapi = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json").read())
     out["openapi"] = {"description": openapi["info"]["description"],
@@ -96,8 +88,7 @@ try:
     out["bad_hours"] = post(port, "/predict", {"features": {**rows[0], "hours_online_14d": 50000}})
     out["demo_field"] = post(port, "/predict", {"features": {**rows[0], "country": "US"}})
 finally:
-    server.terminate()
-    server.wait(30)
+    server.stop(30)
 
 out["payloads"] = python_m("loadtest.payloads", "--rows", "40", "--out", "payloads.json").stdout
 payload = json.loads(Path("payloads.json").read_text())

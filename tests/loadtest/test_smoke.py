@@ -7,21 +7,19 @@ busy CI machine passes, except the error rate, which must be zero. Loopback only
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from deploy.local_scale import stop_process
+from deploy import harness
 from features.db import make_engine
 from loadtest import payloads, report, traffic
 from loadtest import results as lr
-from tests.conftest import demo, free_port
+from tests.conftest import demo
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -39,18 +37,6 @@ experiment:
 pytestmark = pytest.mark.slow
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ready", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, small_demo) -> Iterator[tuple[str, Path]]:
     """A trained model served by `python -m serve` (one worker) on its own copy of the demo data,
@@ -59,8 +45,8 @@ def server(tmp_path_factory, small_demo) -> Iterator[tuple[str, Path]]:
     The server starts first and polls for a model while this process trains one (in process:
     no second interpreter importing scikit-learn) and builds the payloads: the slow part.
     """
-    from train.pipeline import TrainConfig, run
     from registry.store import Registry
+    from train.pipeline import TrainConfig, run
 
     tmp = tmp_path_factory.mktemp("loadtest_server")
     url = f"sqlite:///{tmp / 'app.db'}"
@@ -68,34 +54,22 @@ def server(tmp_path_factory, small_demo) -> Iterator[tuple[str, Path]]:
     demo.load(engine, small_demo)
     ab_config = tmp / "experiment.yml"
     ab_config.write_text(AB_CONFIG)
-    port = free_port()
-    env = {
-        **os.environ, "DATABASE_URL": url, "MODEL_DIR": str(tmp / "models"),
-        "EXPERIMENTS_LOG": str(tmp / "runs.csv"), "HOST": "127.0.0.1", "PORT": str(port),
+    serve = harness.start(tmp / "serve.log", {
+        "DATABASE_URL": url, "MODEL_DIR": str(tmp / "models"), "EXPERIMENTS_LOG": str(tmp / "runs.csv"),
         "WEB_CONCURRENCY": "1", "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"),
-        "MODEL_POLL_SECONDS": "0.5", "AB_CONFIG": str(ab_config),
-    }
-    env.pop("ADMIN_TOKEN", None)
-    serve_log = tmp / "serve.log"
-    with serve_log.open("wb") as out:
-        serve = subprocess.Popen([sys.executable, "-m", "serve"], env=env, cwd=ROOT, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        "MODEL_POLL_SECONDS": "0.5", "AB_CONFIG": str(ab_config), "ADMIN_TOKEN": None,
+    })
     try:
         payload_path = payloads.write(payloads.build(url, rows=500, progress=lambda _msg: None),
                                       tmp / "payloads.json")
         run(engine, Registry(tmp / "models"), tmp / "runs.csv",
             TrainConfig(model_type="logreg", as_of_count=3, notes="loadtest smoke"),
             progress=lambda _msg: None)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while not _ready(base):
-            assert serve.poll() is None, f"python -m serve exited:\n{_tail(serve_log)}"
-            assert time.monotonic() < deadline, f"server not ready after 60s:\n{_tail(serve_log)}"
-            time.sleep(0.25)
-        yield base, payload_path
+        serve.wait_ready(60)
+        yield serve.url, payload_path
     finally:
         engine.dispose()
-        stop_process(serve)
+        serve.stop()
 
 
 def test_smoke_load_test(server: tuple[str, Path], tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from deploy import harness
 from deploy.local_scale import stop_process
 from features.db import make_engine
 from stack.settings import Settings
@@ -199,8 +199,8 @@ def predictions_by_process(multiproc_dir: Path, scratch: Path) -> dict[str, floa
 @pytest.fixture(scope="module")
 def model_dir(small_sqlite_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with one model trained and deployed on the small demo data."""
-    from train.pipeline import TrainConfig, run
     from registry.store import Registry
+    from train.pipeline import TrainConfig, run
 
     root = tmp_path_factory.mktemp("e2e-models")
     # one thread: OpenMP threads spin-waiting on a busy 2-core CI machine slow training tenfold
@@ -224,16 +224,14 @@ def stack(
     serve_port, prometheus_port = free_port(), free_port()
     multiproc = tmp / "prom-multiproc"
     # nothing from the caller's environment may configure the server, only what is set here
-    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
-    env.update(
-        HOST="127.0.0.1",
-        PORT=str(serve_port),
-        WEB_CONCURRENCY="2",
-        MODEL_DIR=str(model_dir),
-        DATABASE_URL=small_sqlite_url,
-        PROMETHEUS_MULTIPROC_DIR=str(multiproc),
-        AB_CONFIG=str(tmp / "no-experiment.yml"),  # absent: no A/B split, variant "none"
-    )
+    base = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env = {
+        "WEB_CONCURRENCY": "2",
+        "MODEL_DIR": str(model_dir),
+        "DATABASE_URL": small_sqlite_url,
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+        "AB_CONFIG": str(tmp / "no-experiment.yml"),  # absent: no A/B split, variant "none"
+    }
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(path) for path in RULE_FILES],
@@ -253,16 +251,15 @@ def stack(
         f"--web.listen-address=127.0.0.1:{prometheus_port}",
         "--log.level=warn",
     ]
-    server = f"http://127.0.0.1:{serve_port}"
     prometheus_url = f"http://127.0.0.1:{prometheus_port}"
     with ExitStack() as stop:
         serve_log, prometheus_log = tmp / "serve.log", tmp / "prometheus.log"
-        serve = stop.enter_context(running([sys.executable, "-m", "serve"], serve_log, env))
+        serve = stop.enter_context(harness.start(serve_log, env, port=serve_port, base=base))
         prometheus = stop.enter_context(running(prometheus_argv, prometheus_log))
         # generous deadlines, not expected durations: on a busy 2-core machine two workers
         # importing lightgbm and scikit-learn side by side have taken a minute to be ready
         wait_ready(f"{prometheus_url}/-/ready", prometheus, prometheus_log, timeout=60)
-        ready = wait_ready(f"{server}/ready", serve, serve_log, timeout=180)
+        ready = serve.wait_ready(timeout=180)
         client = stop.enter_context(httpx.Client(base_url=prometheus_url, timeout=10))
         version = ready["model_version"]
         meta = json.loads((model_dir / "versions" / version / "meta.json").read_text())
@@ -273,7 +270,7 @@ def stack(
             return len(files) == 2, files
 
         until(workers_with_model, "both workers to export the model (gauge_livemax_<pid>.db)")
-        yield Stack(server, client, version, meta, multiproc)
+        yield Stack(serve.url, client, version, meta, multiproc)
 
 
 @pytest.fixture(scope="module")

@@ -8,39 +8,26 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from deploy.local_scale import stop_process
-from tests.conftest import ROOT, copy_registry, free_port
+from deploy import harness
+from tests.conftest import copy_registry
 
 
 class Server:
-    """`python -m serve` in its own process group, on a free loopback port."""
+    """`python -m serve` (deploy.harness) with 2 workers on a copy of the registry; HTTP helpers."""
 
     def __init__(self, tmp: Path, registry, db_url: str, workers: int = 2) -> None:
-        self.port = free_port()
-        self.log = tmp / "serve.log"
-        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": str(workers),
-               "MODEL_DIR": str(registry.root), "DATABASE_URL": db_url, "MODEL_POLL_SECONDS": "0.5",
-               "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"), "AB_CONFIG": str(tmp / "no-experiment.yml")}
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "serve"], cwd=ROOT, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if self.get("/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("server not ready in 60s:\n" + self.log.read_text())
+        self.server = harness.start(tmp / "serve.log", {
+            "WEB_CONCURRENCY": str(workers), "MODEL_DIR": str(registry.root), "DATABASE_URL": db_url,
+            "MODEL_POLL_SECONDS": "0.5", "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"),
+            "AB_CONFIG": str(tmp / "no-experiment.yml")})
+        self.port, self.log, self.proc = self.server.port, self.server.log, self.server.process
+        self.server.wait_ready(60)
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -56,7 +43,7 @@ class Server:
         return self.request("GET", path)
 
     def stop(self) -> None:
-        stop_process(self.proc, 30)
+        self.server.stop(30)
 
 
 @pytest.fixture
