@@ -131,8 +131,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def small_models(tmp_path_factory, small_sqlite_url):
     """A registry with two trained versions on the small demo; the first is `current`."""
-    from train.pipeline import TrainConfig, run
     from registry.store import Registry
+    from train.pipeline import TrainConfig, run
 
     root = tmp_path_factory.mktemp("models")
     registry = Registry(root / "models")

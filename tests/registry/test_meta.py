@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from registry.meta import PINNED_LIBRARIES, MetaError, ModelMeta, installed_versions, recorded_versions
+from registry.meta import (
+    PINNED_LIBRARIES,
+    MetaError,
+    ModelMeta,
+    installed_versions,
+    recorded_versions,
+)
 
 
 def full_meta(**overrides) -> dict:

@@ -19,10 +19,10 @@ from sklearn.metrics import roc_auc_score
 from experiments.log import read_runs
 from features.codec import CODEC
 from features.schema import FEATURE_NAMES, FEATURES, LABEL
+from registry.store import Registry, RegistryError
 from tests.conftest import EXPECT, ROOT
 from train import pipeline
 from train.pipeline import TrainConfig, TrainError
-from registry.store import Registry, RegistryError
 
 # a required number and a categorical of whatever domain the spec describes
 NUM = next(f for f in FEATURES if f.kind == "numeric" and not f.nullable)
