@@ -128,9 +128,16 @@ class Codec:
                 kinds = set(map(type, column))
                 if not kinds <= _NUMBER_OR_NONE:
                     return None
-                missing = np.array([v is None for v in column]) if type(None) in kinds else None
-                X[:, j] = [NAN if v is None else v for v in column] if missing is not None else column
-                if _numeric_problem(rule, X[:, j], missing) is not None:
+                if type(None) in kinds:
+                    if not rule.nullable:
+                        return None
+                    X[:, j] = [NAN if v is None else v for v in column]
+                    values = X[:, j][np.array([v is not None for v in column])]
+                else:
+                    X[:, j] = column
+                    values = X[:, j]
+                # the same verdict as Rule.problem, in two C passes: NaN and +-inf fail a bound too
+                if not ((values >= rule.low).all() and (values <= rule.high).all()):
                     return None
         except (OverflowError, TypeError):  # an integer too large for a float; an unhashable value
             return None
