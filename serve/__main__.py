@@ -42,7 +42,10 @@ def main() -> int:
               file=sys.stderr)
     # prometheus_client picks its storage when first imported: gunicorn and its workers must find
     # the folder in their environment (the master empties it in on_starting).
-    os.environ.update(server_environment(settings.prometheus_multiproc_dir or Path("var/prometheus-multiproc").resolve()))
+    # Unset, each server gets a folder of its own (by port): the master empties it at start, so two
+    # servers in one checkout sharing one would wipe each other's metrics.
+    default = Path("var/prometheus-multiproc") / f"port-{settings.port}"
+    os.environ.update(server_environment((settings.prometheus_multiproc_dir or default).resolve()))
     argv = ["gunicorn", "--config", str(CONFIG), "serve.app:worker_app()"]
     os.execvp(sys.executable, [sys.executable, "-m", *argv])
     return 0  # not reached

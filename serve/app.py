@@ -26,6 +26,7 @@ from serve.middleware import Observability
 from serve.models import ModelStore
 from serve.online import OnlineFeatures
 from serve.predictor import Predictor
+from serve.reload import ReloadRequests
 from serve.routes import json_response, router
 from stack.settings import Settings
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings, *, store: ModelStore | None = None, exposures
                online: OnlineFeatures | None = None) -> FastAPI:
     """The app; collaborators default to the ones `settings` describes (tests pass their own)."""
     store = store or ModelStore(Registry(settings.model_dir), settings.ab_config)
+    reloads = ReloadRequests(settings.prometheus_multiproc_dir)
     exposures = exposures or ExposureWriter.from_settings(settings)
     online = online or OnlineFeatures(settings.database_url)
     predictor = Predictor(store, exposures, online, settings.max_batch_rows)
@@ -48,7 +50,7 @@ def create_app(settings: Settings, *, store: ModelStore | None = None, exposures
             log.exception("first model load failed")
         if store.state.current is None:
             log.warning("no model is being served yet: %s; /ready answers 503 until one loads", store.readiness())
-        poller = asyncio.create_task(_poll(store, settings.model_poll_seconds))
+        poller = asyncio.create_task(_poll(store, settings.model_poll_seconds, reloads))
         yield
         poller.cancel()
         await asyncio.to_thread(exposures.close, 5.0)
@@ -65,6 +67,7 @@ def create_app(settings: Settings, *, store: ModelStore | None = None, exposures
     )
     app.add_middleware(Observability, max_body_bytes=settings.max_body_bytes)
     app.state.settings, app.state.store, app.state.predictor = settings, store, predictor
+    app.state.reloads = reloads
     app.add_exception_handler(RequestError, _request_error)
     app.include_router(router(settings.max_batch_rows))
     return app
@@ -78,13 +81,19 @@ def worker_app() -> FastAPI:
     """What gunicorn runs (`serve.app:worker_app()`): the app of this process's settings."""
     from stack.settings import get_settings
 
-    return create_app(get_settings())
+    settings = get_settings()
+    store = ModelStore(Registry(settings.model_dir), settings.ab_config)
+    try:  # load before the worker listens (serve/worker.py opens its socket after this returns)
+        store.refresh()
+    except Exception:
+        log.exception("first model load failed")
+    return create_app(settings, store=store)
 
 
-async def _poll(store: ModelStore, every: float) -> None:
+async def _poll(store: ModelStore, every: float, reloads: ReloadRequests) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            await asyncio.to_thread(store.refresh)
+            await asyncio.to_thread(store.refresh, reloads.pending())  # another worker's /admin/reload: force
         except Exception:  # the poller must outlive any one bad reload
             log.exception("model poll failed")

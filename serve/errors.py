@@ -41,6 +41,20 @@ def body_too_large(limit: int) -> dict[str, Any]:
     return {"detail": [_entry(["body"], "body_too_large", f"request body is larger than {limit} bytes")]}
 
 
+def headers_too_large(max_bytes: int, max_fields: int) -> dict[str, Any]:
+    """The 431 body (written by serve/worker.py while reading the request head)."""
+    return {"detail": [_entry(["header"], "headers_too_large",
+                              f"request line and headers are larger than {max_bytes} bytes or more than "
+                              f"{max_fields} fields (MAX_HEADER_BYTES)")]}
+
+
+def request_timeout(seconds: float, part: str) -> dict[str, Any]:
+    """The 408 body (serve/worker.py): the client did not send its `part` in time."""
+    setting = "HEADER_TIMEOUT_SECONDS" if part == "headers" else "BODY_TIMEOUT_SECONDS"
+    return {"detail": [_entry([part if part == "body" else "header"], "request_timeout",
+                              f"the request {part} did not arrive within {seconds:g} s ({setting})")]}
+
+
 def empty_batch() -> RequestError:
     return RequestError(422, [_entry(["body", "rows"], "list_type",
                                      "rows: must be a non-empty list of feature objects")])

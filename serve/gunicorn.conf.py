@@ -15,7 +15,9 @@ _settings = get_settings()
 
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = _settings.web_concurrency
-worker_class = "uvicorn_worker.UvicornWorker"
+# uvicorn's worker with a bounded request head (431) and header/body read timeouts (408): serve/worker.py
+worker_class = "serve.worker.Worker"
+limit_request_fields = 100
 # Model load happens in the worker's startup; give it room before the arbiter kills it.
 timeout = 60
 graceful_timeout = 30  # SIGTERM: stop accepting, finish in-flight requests for up to this long

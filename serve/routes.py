@@ -101,7 +101,9 @@ def router(max_batch_rows: int) -> APIRouter:
         body, content_type = prom.render_latest()
         return Response(body, media_type=content_type)
 
-    @api.post("/admin/reload", summary="Reload `current` now (bearer ADMIN_TOKEN; disabled when unset)")
+    @api.post("/admin/reload", summary="Reload `current` now, retrying refused versions (bearer ADMIN_TOKEN; "
+              "disabled when unset)", description="The worker that receives it reloads at once; every other "
+              "worker of the server reloads within MODEL_POLL_SECONDS (serve/reload.py).")
     async def admin_reload(request: Request, settings: SettingsDep, store: StoreDep) -> Response:
         if not settings.admin_token:
             raise errors.admin_disabled()
@@ -109,8 +111,11 @@ def router(max_batch_rows: int) -> APIRouter:
         if not secrets.compare_digest(given.encode(), f"Bearer {settings.admin_token}".encode()):
             raise errors.unauthorized()
         changed = await asyncio.to_thread(store.refresh, True)
+        others = request.app.state.reloads.request()
         current = store.state.current
         return json_response({"changed": changed, "model_version": current.version if current else None,
-                              "worker_pid": os.getpid(), "refused": store.failed})
+                              "worker_pid": os.getpid(), "refused": store.failed,
+                              "other_workers": f"reload within MODEL_POLL_SECONDS={settings.model_poll_seconds:g}s"
+                              if others else "not reached (no shared PROMETHEUS_MULTIPROC_DIR)"})
 
     return api

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SUPPORTED_DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+ENVIRONMENTS = ("development", "production")
 
 
 class Settings(BaseSettings):
@@ -31,6 +32,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     max_batch_rows: int = Field(1000, ge=1, le=100_000)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_header_bytes: int = Field(65_536, ge=1024, le=16 * 1_048_576)
+    header_timeout_seconds: float = Field(10.0, gt=0, le=3600)
+    body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     model_poll_seconds: float = Field(5.0, gt=0, le=3600)
     prometheus_multiproc_dir: Path | None = None
 
@@ -46,6 +50,15 @@ class Settings(BaseSettings):
         if scheme == "postgresql":  # plain postgresql:// would pick psycopg2, which we do not ship
             value = "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
+
+    @field_validator("environment")
+    @classmethod
+    def _known_environment(cls, value: str) -> str:
+        name = value.strip().lower()
+        if name not in ENVIRONMENTS:
+            raise ValueError(f"{value!r} is not one of {', '.join(ENVIRONMENTS)} (a typo such as 'prod' would "
+                             "skip the production checks)")
+        return name
 
     @field_validator("admin_token")
     @classmethod
@@ -77,8 +90,9 @@ def get_settings() -> Settings:
         errors = getattr(exc, "errors", None)
         if errors is None:
             raise
-        lines = [
-            f"{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')}"
-            for e in errors()
-        ]
+        lines = []
+        for e in errors():
+            name = "_".join(str(p) for p in e["loc"]).upper()
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{name}: {msg}" if name else msg)  # a check across fields names its variables itself
         raise SettingsError("configuration error: " + "; ".join(lines)) from None

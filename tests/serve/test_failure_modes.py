@@ -33,6 +33,7 @@ class Server:
                        "MODEL_DIR": str(registry.root), "DATABASE_URL": db_url, "MODEL_POLL_SECONDS": "0.5",
                        "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"prom-{self.port}"),
                        "AB_CONFIG": str(tmp / "no-experiment.yml"), **(env or {})}
+        environment = {k: v for k, v in environment.items() if v is not None}  # None: unset it
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "serve"], cwd=ROOT, env=environment, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
@@ -113,9 +114,24 @@ def running(tmp_path_factory, small_models, small_sqlite_url):
     """One server for the hostile-client tests (they change nothing on disk)."""
     tmp = tmp_path_factory.mktemp("hostile")
     registry = copy_registry(small_models[0], tmp / "models")
-    server = Server(tmp, registry, small_sqlite_url)
+    server = Server(tmp, registry, small_sqlite_url, env={"HEADER_TIMEOUT_SECONDS": "1.5",
+                                                          "BODY_TIMEOUT_SECONDS": "1.5"})
     yield server, registry
     server.stop()
+
+
+def _workers(server: Server) -> list[int]:
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                                           text=True).stdout.split()]
+
+
+def _rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024
 
 
 def _features(registry) -> dict:
@@ -151,6 +167,67 @@ def test_hostile_json_gets_a_4xx_never_a_500(running, path):
         json.loads(reply)
     assert metric(server, 'http_requests_total{method="POST",route="' + path + '",status="5xx"}') == before
     assert "Traceback" not in server.log.read_text()
+
+
+# -- 1. request heads are bounded and must arrive in time ----------------------------------------
+def test_a_header_that_never_ends_gets_431_and_costs_no_memory(running):
+    server, _ = running
+    before = _rss_mb(_workers(server))
+    chunk = b"a" * (1 << 20)
+    for _ in range(10):  # 10 connections, each trying to send 20 MB of one unfinished header
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Long: ")
+            try:
+                for _ in range(20):
+                    s.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server closed it: expected
+            try:
+                reply = s.recv(4096)
+            except ConnectionResetError:
+                reply = b""
+            assert reply == b"" or reply.startswith(b"HTTP/1.1 431"), reply[:200]
+    assert _rss_mb(_workers(server)) - before < 50
+    status, body = raw(server.port, b"GET /health HTTP/1.1\r\nHost: t\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert status == 431 and b"MAX_HEADER_BYTES" in body
+    many = b"".join(b"X-%d: 1\r\n" % i for i in range(150))
+    assert raw(server.port, b"GET /health HTTP/1.1\r\nHost: t\r\n" + many + b"\r\n")[0] == 431
+    assert raw(server.port, b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")[0] == 200
+
+
+def test_half_sent_requests_time_out_with_408(running):
+    server, registry = running
+    body = json.dumps({"features": _features(registry)}).encode()
+    started = time.monotonic()
+    socks = []
+    for part in (b"POST /predict HTTP/1.1\r\nHost: t\r\n", post("/predict", body)[: -len(body) // 2], b""):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        s.sendall(part)
+        socks.append(s)
+    for s in socks:  # a head that stops, a body that stops, a connection that sends nothing
+        reply = s.recv(4096)
+        s.close()
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert time.monotonic() - started < 5
+    assert metric(server, 'http_requests_total{method="POST",route="/predict",status="5xx"}') == 0
+
+
+def test_sigterm_with_a_stalled_upload_stops_in_seconds(tmp_path, small_models, small_sqlite_url):
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    server = Server(tmp_path, registry, small_sqlite_url)  # default timeouts: 30 s for a body
+    try:
+        body = json.dumps({"features": _features(registry)}).encode()
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+        s.sendall(post("/predict", body)[: -len(body) // 2])
+        time.sleep(0.3)
+        started = time.monotonic()
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        assert s.recv(4096).startswith(b"HTTP/1.1 408")
+        assert server.proc.wait(15) == 0
+        assert time.monotonic() - started < 10
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        server.stop()
 
 
 # -- 4. a client that hangs up mid-body is not a server error -----------------------------------
@@ -272,3 +349,80 @@ def test_a_fresh_start_on_a_non_utf8_ab_config_serves_503_with_the_reason(tmp_pa
         _wait(lambda: json_of(server, "/ready")[0] == 200, what="ready after the A/B config is fixed")
     finally:
         server.stop()
+
+
+# -- 11. ENVIRONMENT is validated; the weak-token message names the variable ---------------------
+@pytest.mark.parametrize("env, expected", [
+    ({"ENVIRONMENT": "prod"}, "ENVIRONMENT: 'prod' is not one of development, production"),
+    ({"ENVIRONMENT": "Production", "ADMIN_TOKEN": "x"}, "configuration error: ADMIN_TOKEN is too weak"),
+])
+def test_a_misconfigured_server_refuses_to_start_naming_the_variable(env, expected):
+    done = subprocess.run([sys.executable, "-m", "serve"], cwd=ROOT, env={**os.environ, **env, "PORT": str(free_port())},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and expected in done.stderr, done.stderr[-2000:]
+
+
+# -- 12. two servers in one checkout keep their own metrics -----------------------------------------
+def test_two_servers_in_one_checkout_do_not_share_metrics(tmp_path, small_models, small_sqlite_url):
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    body = json.dumps({"features": _features(registry)}).encode()
+    first = Server(tmp_path, registry, small_sqlite_url, workers=1, env={"PROMETHEUS_MULTIPROC_DIR": None})
+    second = None
+    try:
+        for _ in range(5):
+            assert raw(first.port, post("/predict", body))[0] == 200
+        second = Server(tmp_path, registry, small_sqlite_url, workers=1, env={"PROMETHEUS_MULTIPROC_DIR": None})
+        assert raw(second.port, post("/predict", body))[0] == 200
+        assert raw(first.port, post("/predict", body))[0] == 200
+        assert metric(first, "model_predictions_total{") == 6
+        assert metric(second, "model_predictions_total{") == 1
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+# -- 9. POST /admin/reload reaches every worker ------------------------------------------------------
+def test_admin_reload_reaches_every_worker(tmp_path, small_models, small_sqlite_url):
+    _, v1, v2 = small_models
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    artifact = registry.versions_dir / v2 / "model.joblib"
+    good = artifact.read_bytes()
+    artifact.write_bytes(good[:200])
+    registry.set_current(v2, "promote", "test: broken, then fixed in place")
+    token = "t" * 32
+    server = Server(tmp_path, registry, small_sqlite_url, env={"ADMIN_TOKEN": token, "MODEL_POLL_SECONDS": "1"})
+    try:
+        body = json.dumps({"features": registry.meta(v1).self_check[0].features}).encode()
+        assert {json.loads(raw(server.port, post("/predict", body))[1])["model_version"] for _ in range(20)} == {v1}
+        artifact.write_bytes(good)  # the fix in place: v2 was refused, so no poll retries it by itself
+        time.sleep(2.5)
+        assert {json.loads(raw(server.port, post("/predict", body))[1])["model_version"] for _ in range(20)} == {v1}
+        reload = post("/admin/reload", b"").replace(b"Host: t\r\n", f"Host: t\r\nAuthorization: Bearer {token}\r\n".encode())
+        status, reply = raw(server.port, reload)
+        assert status == 200 and json.loads(reply)["model_version"] == v2, reply
+        assert "MODEL_POLL_SECONDS" in json.loads(reply)["other_workers"]
+        time.sleep(1.5)  # one poll period and a half
+        answers = {json.loads(raw(server.port, post("/predict", body))[1])["model_version"] for _ in range(30)}
+        assert answers == {v2}
+    finally:
+        server.stop()
+
+
+# -- 13. a new worker does not accept connections before it has a model ---------------------------
+def test_a_restarting_worker_takes_no_connections_before_it_is_ready(running):
+    server, _ = running
+    workers = _workers(server)
+    os.kill(workers[0], signal.SIGKILL)
+    time.sleep(0.2)  # connections queued on the killed worker's socket are reset by the kernel
+    slow = []
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        status, _ = raw(server.port, b"GET /ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        took = time.monotonic() - started
+        assert status == 200
+        if took > 0.6:  # a booting worker made them wait 1.1 s
+            slow.append(round(took, 2))
+    _wait(lambda: len(_workers(server)) == 2 and set(_workers(server)) != set(workers), 20, "a new worker")
+    assert not slow, f"connections waited for a booting worker: {slow}"

@@ -146,19 +146,23 @@ def test_metrics_add_up_across_workers(server_and_registry, small_models):
     assert len(baseline) == 10 and sum(float(b.rsplit(" ", 1)[1]) for b in baseline) == pytest.approx(1)
 
 
-def _connections_by_pid(port: int, pids: list[int]) -> dict[int, int]:
-    """Established connections on `port` held by each of `pids` (from /proc: no tools needed)."""
+def _connections_by_pid(port: int, pids: list[int], state: str = "01") -> dict[int, int]:
+    """Sockets on `port` in `state` held by each of `pids` (from /proc: no tools needed); 01 ESTABLISHED."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # ESTABLISHED, local port
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:  # state, local port
                 inodes.add(fields[9])
     counts = {}
     for pid in pids:
         fds = Path(f"/proc/{pid}/fd")
         counts[pid] = sum(1 for fd in fds.iterdir() if os.readlink(fd).removeprefix("socket:[").rstrip("]") in inodes)
     return counts
+
+
+def _listening_by_pid(port: int, pids: list[int]) -> dict[int, int]:
+    return _connections_by_pid(port, pids, "0A")  # 0A: LISTEN
 
 
 def test_a_burst_of_new_connections_is_spread_over_the_workers(server_and_registry):
@@ -171,6 +175,10 @@ def test_a_burst_of_new_connections_is_spread_over_the_workers(server_and_regist
     workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
                                               text=True).stdout.split()]
     assert len(workers) == 2
+    # A worker listens only once its model is loaded (serve/worker.py): wait until both do.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and min(_listening_by_pid(server.port, workers).values()) == 0:
+        time.sleep(0.1)
     for _ in range(5):
         socks = [socket.socket() for _ in range(32)]
         try:

@@ -1,0 +1,204 @@
+"""The gunicorn worker: uvicorn's, with the limits its HTTP parser lacks.
+
+uvicorn's httptools protocol has no limit on the request head and no timeout for reading one:
+a client sending one header that never ends grows the worker without bound, and a half-sent
+request holds its connection (and a graceful shutdown) forever. This protocol adds:
+
+- a head (request line + headers) of at most `limit_request_head` bytes and
+  `limit_request_fields` headers: else 431, connection closed;
+- `header_timeout` seconds from connect (or from the first byte of a keep-alive request) to the
+  end of the head, and `body_timeout` seconds from there to the end of the body: else 408.
+
+On SIGTERM a request still waiting for its body gets at most `shutdown_body_seconds` more, so
+one stalled upload cannot hold a graceful shutdown until gunicorn's graceful_timeout kills it.
+
+The values come from stack.settings (HEADER_TIMEOUT_SECONDS, BODY_TIMEOUT_SECONDS,
+MAX_HEADER_BYTES) and gunicorn's limit_request_fields; gunicorn.conf.py names `serve.worker.Worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import httptools
+import orjson
+from gunicorn import sock
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn_worker import UvicornWorker
+
+from monitoring import metrics as prom
+from serve.errors import headers_too_large, request_timeout
+from stack.settings import get_settings
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with head limits and read timeouts (class attributes: set by Worker)."""
+
+    limit_request_head = 64 * 1024
+    limit_request_fields = 100
+    header_timeout = 10.0
+    body_timeout = 30.0
+    shutdown_body_seconds = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+        self._fields = 0
+        self._refusing = False
+        self._read_timer: asyncio.TimerHandle | None = None
+
+    # -- timers ---------------------------------------------------------------------------------
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._read_timer = self.loop.call_later(seconds, self._read_timed_out)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete and not self._in_head:
+            self.cycle.disconnected = True  # the app's receive() now gets http.disconnect
+            self.cycle.message_event.set()
+            if self.cycle.response_started:
+                self.transport.close()
+                return
+        self._refuse(408, request_timeout(self.header_timeout if self._in_head else self.body_timeout,
+                                          "headers" if self._in_head else "body"))
+
+    def _refuse(self, status: int, body: dict) -> None:
+        """Answer `status` with a JSON body from serve/errors.py and close; counted as an unmatched request."""
+        if self._refusing:
+            return
+        self._refusing = True
+        self._disarm()
+        payload = orjson.dumps(body)
+        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n\r\n%s" % (status, reason, len(payload), payload))
+        self.transport.close()
+        prom.observe_http("unmatched", "unknown", status, 0.0)
+
+    # -- protocol -------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusing:
+            return
+        self._unset_keepalive_if_required()
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            if self._refusing:
+                return
+            if self._head_bytes > self.limit_request_head or self._fields > self.limit_request_fields:
+                self._refuse(431, headers_too_large(self.limit_request_head, self.limit_request_fields))
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        if self._in_head and self._head_bytes > self.limit_request_head:
+            self._refuse(431, headers_too_large(self.limit_request_head, self.limit_request_fields))
+
+    def shutdown(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete and self.cycle.more_body \
+                and not self._in_head and self._read_timer is not None:
+            self._arm(min(self.shutdown_body_seconds, self.body_timeout))
+        super().shutdown()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._fields = True, 0
+        if self._read_timer is None:
+            self._arm(self.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        if self._head_bytes > self.limit_request_head:
+            raise _HeadTooLarge
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > self.limit_request_fields or self._head_bytes > self.limit_request_head:
+            raise _HeadTooLarge
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._arm(self.body_timeout)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._head_bytes = 0
+        super().on_message_complete()
+
+
+class Worker(UvicornWorker):
+    """gunicorn's worker_class: uvicorn with LimitedHttpToolsProtocol, limits from gunicorn's config.
+
+    With reuse_port each worker has a listening socket of its own, which gunicorn opens right after
+    the fork: the kernel would queue new connections on it while the worker still imports and loads
+    its model (a second or more). This worker opens its socket only after the app is built and its
+    model loaded (serve.app:worker_app() loads it); `_sockets_after_load` keeps gunicorn from opening one.
+    """
+
+    CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": LimitedHttpToolsProtocol}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = get_settings()
+        protocol = LimitedHttpToolsProtocol
+        protocol.limit_request_fields = self.cfg.limit_request_fields or 100
+        protocol.limit_request_head = settings.max_header_bytes
+        protocol.header_timeout = settings.header_timeout_seconds
+        protocol.body_timeout = settings.body_timeout_seconds
+
+    def _own_sockets(self) -> bool:
+        return bool(self.cfg.reuse_port) and hasattr(socket, "SO_REUSEPORT")
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()  # builds the app: the model is loaded and self-checked by now
+        if self._own_sockets() and not self.sockets:
+            self.sockets = _create_sockets(self.cfg, self.log)
+
+
+_create_sockets = sock.create_sockets
+
+
+def _sockets_after_load(conf: Any, log: Any, fds: Any = None) -> list:
+    # gunicorn's arbiter calls this in a new worker right after the fork (reuse_port); a Worker
+    # opens its socket itself in load_wsgi() instead, so no connection queues on a worker that
+    # is still loading. The master never calls it with reuse_port.
+    if conf.worker_class is Worker and conf.reuse_port and hasattr(socket, "SO_REUSEPORT"):
+        return []
+    return _create_sockets(conf, log, fds)
+
+
+sock.create_sockets = _sockets_after_load
