@@ -111,12 +111,43 @@ def parse_config(doc: Any) -> Experiment | None:
         return None  # empty file, or everything commented out
     if not isinstance(doc, Mapping):
         raise ConfigError(f"the config must be a mapping with one key 'experiment', got {doc!r}")
-    extra = set(doc) - {"experiment"}
+    extra = set(doc) - {"experiment", "shadow"}
     if extra:
         raise ConfigError(
-            f"unknown top-level key(s) {sorted(map(str, extra))}; only 'experiment' is allowed"
+            f"unknown top-level key(s) {sorted(map(str, extra))}; only 'experiment' and 'shadow' "
+            "are allowed"
         )
+    parse_shadow(doc.get("shadow"))
     return parse_experiment(doc.get("experiment"))
+
+
+def parse_shadow(raw: Any) -> str | None:
+    """Validate the `shadow:` entry ({"model": <version>} or null): the version to shadow-score."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or set(raw) != {"model"}:
+        raise ConfigError(f"'shadow' must be a mapping with one key 'model' (a version) or null, got {raw!r}")
+    model = raw["model"]
+    if not isinstance(model, str) or not _VERSION.match(model):
+        raise ConfigError(f"shadow 'model' must be a version like 20261128T191500Z-a1b2c3, got {model!r}")
+    return model
+
+
+def load_shadow(path: str | Path) -> str | None:
+    """The shadow model version the config names (None: no shadow, or no file)."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the shadow entry: {exc}") from None
+    if not isinstance(doc, Mapping):
+        return None
+    try:
+        return parse_shadow(doc.get("shadow"))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def parse_experiment(raw: Any) -> Experiment | None:

@@ -65,7 +65,15 @@ class CounterLike(Protocol):
 
 
 class ExposureWriter:
-    """Buffers exposures in memory and writes them in batches; never blocks or fails a request."""
+    """Buffers exposures in memory and writes them in batches; never blocks or fails a request.
+
+    A subclass writing another table (monitoring/predictions.py) overrides record() and _write(),
+    keeps the row's second field as the label its counters count by, and names itself below.
+    """
+
+    what = "ab exposures"  # in log lines
+    lost_metric = "ab_exposures_lost_total"
+    thread_name = "ab-exposure-writer"
 
     def __init__(
         self,
@@ -157,7 +165,7 @@ class ExposureWriter:
     def _start(self) -> None:
         with self._start_lock:
             if self._thread is None and not self._closed:
-                thread = threading.Thread(target=self._run, name="ab-exposure-writer", daemon=True)
+                thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
                 thread.start()
                 self._thread = thread
                 atexit.register(self.close, 2.0)  # a worker exiting without close() still flushes
@@ -176,9 +184,10 @@ class ExposureWriter:
             if not self._overflow_burst:
                 self._overflow_burst = True
                 log.warning(
-                    "ab exposures: queue full (%d rows); dropping exposures until it drains, "
-                    "see ab_exposures_lost_total",
+                    "%s: queue full (%d rows); dropping rows until it drains, see %s",
+                    self.what,
                     self.max_queue,
+                    self.lost_metric,
                 )
         else:
             self._overflow_burst = False
@@ -197,18 +206,19 @@ class ExposureWriter:
                         0
                     ]
                     log.warning(
-                        "ab exposures: cannot write to the database (%s: %s); dropping exposures "
-                        "until it recovers, see ab_exposures_lost_total",
+                        "%s: cannot write to the database (%s: %s); dropping rows until it "
+                        "recovers, see %s",
+                        self.what,
                         type(exc).__name__,
                         reason,
+                        self.lost_metric,
                     )
                 return
             self._count(self.recorded_counter, Counter(r[1] for r in batch), lost=False)
             if self._failing:
                 self._failing = False
                 log.warning(
-                    "ab exposures: database writes recovered after %d lost exposures",
-                    self._burst_lost,
+                    "%s: database writes recovered after %d lost rows", self.what, self._burst_lost
                 )
                 self._burst_lost = 0
 

@@ -17,6 +17,7 @@ worker dies (see monitoring/README.md).
 from __future__ import annotations
 
 import os
+from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -38,7 +39,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from monitoring.client_internals import bulk_observe, multiprocess_storage
 from monitoring.environment import MULTIPROC_ENV
-from registry.meta import ScoreBaseline
+from registry.meta import FeatureBaseline, ScoreBaseline
 
 LATENCY_SLO_SECONDS = 0.025
 """p99 model inference latency objective; a bucket edge, and the ModelLatencyHigh threshold."""
@@ -100,6 +101,18 @@ MODEL_PREDICTION_BASELINE_BIN_FRACTION = Gauge(
     ["model_version", "bin"],
     multiprocess_mode="livemax",
 )
+MODEL_FEATURE_BIN = Counter(
+    "model_feature_bin_total",
+    "Served inputs counted in each feature's training-time bins (meta.json feature_baselines): "
+    "bin '0'..'n' of a number, the value of a category, 'missing'.",
+    ["model_version", "feature", "bin"],
+)
+MODEL_FEATURE_BASELINE_BIN_FRACTION = Gauge(
+    "model_feature_baseline_bin_fraction",
+    "Fraction of training inputs of each feature in each bin (meta.json feature_baselines).",
+    ["model_version", "feature", "bin"],
+    multiprocess_mode="livemax",
+)
 MODEL_INFO = Gauge(
     "model_info",
     "1 while a worker serves this model version, 0 once every worker has retired it.",
@@ -142,6 +155,61 @@ AB_EXPOSURES_LOST = Counter(
     ["experiment"],
 )
 
+# --- Realized quality (monitoring/realized.py sets these from `python -m monitoring.quality`) --
+
+def _realized(name: str, what: str) -> Gauge:
+    return Gauge(f"model_realized_{name}", f"{what} of the predictions whose label window closed in the "
+                 "quality job's last window (served or shadow).", ["model_version", "kind"],
+                 multiprocess_mode="livemax")
+
+
+MODEL_REALIZED_ROC_AUC = _realized("roc_auc", "ROC AUC")
+MODEL_REALIZED_PR_AUC = _realized("pr_auc", "PR AUC (average precision)")
+MODEL_REALIZED_LOG_LOSS = _realized("log_loss", "Log loss")
+MODEL_REALIZED_BASE_RATE = _realized("base_rate", "Observed positive rate")
+MODEL_REALIZED_MEAN_SCORE = _realized("mean_score", "Mean score")
+MODEL_REALIZED_MATURED = _realized("matured", "Number")
+REALIZED_GAUGES = (
+    (MODEL_REALIZED_ROC_AUC, "roc_auc"), (MODEL_REALIZED_PR_AUC, "pr_auc"),
+    (MODEL_REALIZED_LOG_LOSS, "log_loss"), (MODEL_REALIZED_BASE_RATE, "base_rate"),
+    (MODEL_REALIZED_MEAN_SCORE, "mean_score"), (MODEL_REALIZED_MATURED, "matured"),
+)
+MODEL_HOLDOUT_ROC_AUC = Gauge(
+    "model_holdout_roc_auc", "ROC AUC of the model version on its training holdout (meta.json metrics).",
+    ["model_version"], multiprocess_mode="livemax",
+)
+MODEL_HOLDOUT_LOG_LOSS = Gauge(
+    "model_holdout_log_loss", "Log loss of the model version on its training holdout (meta.json metrics).",
+    ["model_version"], multiprocess_mode="livemax",
+)
+
+# --- Shadow model (serve/shadow.py) -------------------------------------------------------
+
+MODEL_SHADOW_SCORE = Histogram(
+    "model_shadow_prediction_score",
+    "Scores of the shadow model (never returned) on the requests the serving model answered.",
+    ["model_version"],
+    buckets=SCORE_BUCKETS,
+)
+MODEL_SHADOW_ERRORS = Counter(
+    "model_shadow_errors_total",
+    "Shadow model failures (stage: load, score, queue_full); serving was never affected.",
+    ["stage"],
+)
+
+# --- Prediction log (monitoring/predictions.py counts into these) ---------------------------
+
+PREDICTION_LOG_RECORDED = Counter(
+    "model_prediction_log_recorded_total",
+    "Predictions written to the prediction log, by kind (served, shadow).",
+    ["kind"],
+)
+PREDICTION_LOG_LOST = Counter(
+    "model_prediction_log_lost_total",
+    "Predictions dropped from the prediction log (queue full, database down); the request was still answered.",
+    ["kind"],
+)
+
 ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     HTTP_REQUESTS,
     HTTP_REQUEST_DURATION,
@@ -150,6 +218,8 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     MODEL_PREDICTION_SCORE,
     MODEL_PREDICTION_SCORE_BIN,
     MODEL_PREDICTION_BASELINE_BIN_FRACTION,
+    MODEL_FEATURE_BIN,
+    MODEL_FEATURE_BASELINE_BIN_FRACTION,
     MODEL_INFO,
     MODEL_TRAINED_TIMESTAMP,
     MODEL_RELOAD_FAILURES,
@@ -157,6 +227,13 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     ONLINE_FEATURE_VIOLATIONS,
     AB_EXPOSURES_RECORDED,
     AB_EXPOSURES_LOST,
+    PREDICTION_LOG_RECORDED,
+    PREDICTION_LOG_LOST,
+    *(gauge for gauge, _ in REALIZED_GAUGES),
+    MODEL_HOLDOUT_ROC_AUC,
+    MODEL_HOLDOUT_LOG_LOSS,
+    MODEL_SHADOW_SCORE,
+    MODEL_SHADOW_ERRORS,
 )
 
 _SAMPLE_SUFFIXES = {
@@ -175,14 +252,83 @@ def sample_names() -> frozenset[str]:
     return frozenset(names)
 
 
+INPUT_BUFFER_ROWS = 4096
+"""Served rows one worker buffers per model version before counting them into the input bins."""
+
+
+class InputBins:
+    """Served inputs of one model version counted into its training-time bins, per feature.
+
+    add() only appends the encoded row to a flat array (the /predict hot path); flush() bins the buffered rows
+    with numpy, one bincount over every feature's bins, and adds each bin's count to its counter:
+    every INPUT_BUFFER_ROWS rows, and from the server's poll loop and /metrics, so a quiet
+    worker's counts are at most a poll late. Rows are encoded as the model sees them
+    (features/codec.py): a category is its index, a missing input NaN. Call add/flush from one
+    thread (the event loop).
+    """
+
+    def __init__(self, version: str, baselines: Iterable[FeatureBaseline]) -> None:
+        self._plan: list[tuple[int, Any, int, int, int]] = []
+        self._children: list[Any] = []
+        for column, baseline in enumerate(baselines):
+            labels = baseline.bins()
+            for label, fraction in zip(labels, baseline.fractions, strict=True):
+                MODEL_FEATURE_BASELINE_BIN_FRACTION.labels(version, baseline.name, label).set(fraction)
+            edges = list(baseline.edges) if baseline.kind == "numeric" else None
+            value_bins = len(baseline.values) if edges is None else len(edges) + 1
+            self._plan.append((column, edges, value_bins, len(labels), len(self._children)))
+            self._children += [MODEL_FEATURE_BIN.labels(version, baseline.name, label) for label in labels]
+        # one flat array of doubles: no Python object per row (nothing for the GC to walk)
+        self._width = len(self._plan)
+        self._buffer = array("d")
+        self._limit = INPUT_BUFFER_ROWS * self._width
+
+    def add(self, row: list[float]) -> None:
+        """Buffer one encoded row (an array extend), and flush every INPUT_BUFFER_ROWS rows."""
+        buffer = self._buffer
+        buffer.extend(row)
+        if len(buffer) >= self._limit:
+            self.flush()
+
+    def flush(self) -> None:
+        """Count the buffered rows into the bins now."""
+        buffer, self._buffer = self._buffer, array("d")
+        if buffer:
+            import numpy as np
+
+            self.add_matrix(np.frombuffer(buffer, dtype=np.float64).reshape(-1, self._width))
+
+    def add_matrix(self, X: Any) -> None:
+        """Count an encoded (rows x features) matrix into the bins (the batch path, and flush)."""
+        import numpy as np
+
+        index = np.empty((X.shape[0], len(self._plan)), dtype=np.int64)
+        for j, (column, edges, value_bins, bins, offset) in enumerate(self._plan):
+            values = X[:, column]
+            missing = np.isnan(values)
+            if edges is None:
+                where = np.where(missing, 0, values).astype(np.int64)
+            else:
+                where = np.searchsorted(edges, values, side="right")
+            where[missing] = value_bins  # the "missing" bin; a feature that may not be missing has none
+            index[:, j] = np.minimum(where, bins - 1) + offset
+        counts = np.bincount(index.ravel(), minlength=len(self._children))
+        children = self._children
+        for i in np.flatnonzero(counts).tolist():
+            children[i].inc(int(counts[i]))
+
+
 class ModelMetrics:
     """The metric children of one model version, bound once so that observe() stays cheap.
 
     Made by register_model(); marks the version as served (model_info 1) until retire().
     """
 
-    def __init__(self, version: str, model_type: str, trained_at: str, edges: list[float]) -> None:
+    def __init__(self, version: str, model_type: str, trained_at: str, edges: list[float],
+                 feature_baselines: Iterable[FeatureBaseline] = ()) -> None:
         self.version = version
+        baselines = list(feature_baselines)
+        self.inputs: InputBins | None = InputBins(version, baselines) if baselines else None
         self._info = MODEL_INFO.labels(version, model_type, trained_at)
         self._latency = MODEL_INFERENCE_LATENCY.labels(version)
         self._score = MODEL_PREDICTION_SCORE.labels(version)
@@ -244,18 +390,26 @@ class ModelMetrics:
         self._info.set(0)
 
 
-def register_model(version: str, model_type: str, created_at: datetime, baseline: ScoreBaseline) -> ModelMetrics:
+def register_model(version: str, model_type: str, created_at: datetime, baseline: ScoreBaseline,
+                   feature_baselines: Iterable[FeatureBaseline] = (),
+                   holdout: dict[str, float] | None = None) -> ModelMetrics:
     """Export a freshly loaded model version and return the object its predictions go through.
 
     `baseline` and `created_at` come from the version's meta.json (registry.meta.ModelMeta has
     validated them). Every bin and the "none" variant start at 0, so empty bins read 0 instead
-    of missing.
+    of missing. `feature_baselines` (meta.json) makes `model.inputs` count served inputs per
+    feature; a version trained before those existed counts none. `holdout` (meta.json
+    metrics) sets the holdout gauges the realized-quality alerts compare with.
     """
     trained = created_at.replace(tzinfo=UTC) if created_at.tzinfo is None else created_at.astimezone(UTC)
-    model = ModelMetrics(version, model_type, trained.strftime("%Y-%m-%dT%H:%M:%SZ"), list(baseline.edges))
+    model = ModelMetrics(version, model_type, trained.strftime("%Y-%m-%dT%H:%M:%SZ"), list(baseline.edges),
+                         feature_baselines)
     for i, fraction in enumerate(baseline.fractions):
         MODEL_PREDICTION_BASELINE_BIN_FRACTION.labels(version, str(i)).set(fraction)
     MODEL_TRAINED_TIMESTAMP.labels(version).set(trained.timestamp())
+    for gauge, key in ((MODEL_HOLDOUT_ROC_AUC, "roc_auc"), (MODEL_HOLDOUT_LOG_LOSS, "log_loss")):
+        if holdout and key in holdout:
+            gauge.labels(version).set(holdout[key])
     return model
 
 

@@ -20,6 +20,8 @@ from fastapi.responses import Response
 
 from ab.exposures import ExposureWriter
 from features.spec import SPEC
+from monitoring.predictions import PredictionLogWriter
+from monitoring.realized import RealizedExport, latest_path
 from registry.store import Registry
 from serve.errors import RequestError
 from serve.middleware import Observability
@@ -28,19 +30,25 @@ from serve.online import OnlineFeatures
 from serve.predictor import Predictor
 from serve.reload import ReloadRequests
 from serve.routes import json_response, router
+from serve.shadow import Shadow
 from stack.settings import Settings
 
 log = logging.getLogger("serve.app")
 
 
 def create_app(settings: Settings, *, store: ModelStore | None = None, exposures: ExposureWriter | None = None,
-               online: OnlineFeatures | None = None) -> FastAPI:
+               online: OnlineFeatures | None = None, predictions: PredictionLogWriter | None = None) -> FastAPI:
     """The app; collaborators default to the ones `settings` describes (tests pass their own)."""
     store = store or ModelStore(Registry(settings.model_dir), settings.ab_config)
     reloads = ReloadRequests(settings.prometheus_multiproc_dir)
     exposures = exposures or ExposureWriter.from_settings(settings)
     online = online or OnlineFeatures(settings.database_url)
-    predictor = Predictor(store, exposures, online, settings.max_batch_rows)
+    if predictions is None and settings.prediction_log:
+        predictions = PredictionLogWriter.from_settings(settings)
+    shadow = Shadow(store.registry, settings.ab_config, predictions)  # `shadow:` in the A/B config
+    predictor = Predictor(store, exposures, online, settings.max_batch_rows, predictions=predictions,
+                          shadow=shadow)
+    realized = RealizedExport(latest_path(settings.model_dir))  # model_realized_* from the quality job
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,10 +58,15 @@ def create_app(settings: Settings, *, store: ModelStore | None = None, exposures
             log.exception("first model load failed")
         if store.state.current is None:
             log.warning("no model is being served yet: %s; /ready answers 503 until one loads", store.readiness())
-        poller = asyncio.create_task(_poll(store, settings.model_poll_seconds, reloads))
+        await asyncio.to_thread(realized.refresh)
+        shadow.start()
+        poller = asyncio.create_task(_poll(store, settings.model_poll_seconds, reloads, predictor, realized))
         yield
         poller.cancel()
+        await asyncio.to_thread(shadow.close, 2.0)
         await asyncio.to_thread(exposures.close, 5.0)
+        if predictions is not None:
+            await asyncio.to_thread(predictions.close, 5.0)
         online.close()
 
     app = FastAPI(
@@ -90,10 +103,12 @@ def worker_app() -> FastAPI:
     return create_app(settings, store=store)
 
 
-async def _poll(store: ModelStore, every: float, reloads: ReloadRequests) -> None:
+async def _poll(store: ModelStore, every: float, reloads: ReloadRequests, predictor: Predictor, realized: RealizedExport) -> None:
     while True:
         await asyncio.sleep(every)
         try:
+            predictor.flush_inputs()  # on the loop, like the requests that fill the buffers
+            await asyncio.to_thread(realized.refresh)
             await asyncio.to_thread(store.refresh, reloads.pending())  # another worker's /admin/reload: force
         except Exception:  # the poller must outlive any one bad reload
             log.exception("model poll failed")

@@ -78,7 +78,8 @@ def load_model(registry: Registry, version: str, codec: Codec) -> LoadedModel:
         problem = self_check_problem(model, encoded, [r.expected for r in meta.self_check], SELF_CHECK_TOLERANCE)
         if problem:
             raise ModelLoadError(f"model {version}: {problem}")
-        model_metrics = prom.register_model(version, meta.model_type, meta.created_at, meta.score_baseline)
+        model_metrics = prom.register_model(version, meta.model_type, meta.created_at, meta.score_baseline,
+                                            meta.feature_baselines, meta.metrics)
     except ModelLoadError:
         raise
     except Exception as exc:  # a broken artifact can fail in many ways; none may crash the worker

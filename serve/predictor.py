@@ -15,9 +15,11 @@ from ab.exposures import ExposureWriter
 from features.codec import CODEC, Codec
 from features.spec import SPEC
 from monitoring import metrics as prom
+from monitoring.predictions import PredictionLogWriter
 from serve import errors
 from serve.models import LoadedModel, ModelStore
 from serve.online import OnlineFeatures
+from serve.shadow import Shadow
 from serve.validation import check_key, check_keys
 
 log = logging.getLogger("serve.predictor")
@@ -28,9 +30,12 @@ class Predictor:
     """The scoring half of the server, given its collaborators."""
 
     def __init__(self, store: ModelStore, exposures: ExposureWriter, online: OnlineFeatures,
-                 max_batch_rows: int, codec: Codec = CODEC) -> None:
+                 max_batch_rows: int, codec: Codec = CODEC, predictions: PredictionLogWriter | None = None,
+                 shadow: Shadow | None = None) -> None:
         self.store, self.exposures, self.online = store, exposures, online
         self.max_batch_rows, self.codec = max_batch_rows, codec
+        self.predictions = predictions  # the prediction log (None: off)
+        self.shadow = shadow  # scores the same rows after the answer, off the request path
 
     def serving(self) -> LoadedModel:
         """The current model, or the 503 that says why there is none."""
@@ -54,7 +59,14 @@ class Predictor:
         model, variant = self._routed(key)
         started = time.perf_counter()
         score = model.model.score_one(row)
-        model.metrics.observe(score, time.perf_counter() - started, variant)
+        metrics = model.metrics
+        metrics.observe(score, time.perf_counter() - started, variant)
+        if metrics.inputs is not None:
+            metrics.inputs.add(row)
+        if self.predictions is not None:
+            self.predictions.record(key, model.version, variant, score)
+        if self.shadow is not None:
+            self.shadow.offer(row, key)
         return {"score": score, "model_version": model.version, "variant": variant}
 
     def one(self, body: Any) -> dict[str, Any]:
@@ -80,7 +92,19 @@ class Predictor:
         started = time.perf_counter()
         scores = model.model.score(X)
         model.metrics.observe_many(scores, time.perf_counter() - started)
+        if model.metrics.inputs is not None:
+            model.metrics.inputs.add_matrix(X)
+        if self.predictions is not None and self.predictions.sample_without_entity > 0:
+            record = self.predictions.record
+            for score in scores.tolist():  # rows without an entity: the writer keeps a sample
+                record(None, model.version, None, score)
         return {"scores": scores.tolist(), "model_version": model.version}
+
+    def flush_inputs(self) -> None:
+        """Count the buffered served inputs of every loaded model into their drift bins now."""
+        for model in self.store.state.models.values():
+            if model.metrics.inputs is not None:
+                model.metrics.inputs.flush()
 
     def entity_features(self, key: Any) -> dict[str, Any]:
         """The entity's features from the database (blocking: run it in a thread)."""

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     model_poll_seconds: float = Field(5.0, gt=0, le=3600)
     prometheus_multiproc_dir: Path | None = None
+    prediction_log: bool = True
+    prediction_log_sample: float = Field(0.01, ge=0.0, le=1.0)
+    prediction_log_retention_days: float = Field(90.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -62,3 +62,26 @@ def test_no_model_is_a_503_that_says_why(tmp_path, small_sqlite_url):
     with pytest.raises(RequestError) as refused:
         predictor.one({"features": example_features()})
     assert refused.value.status == 503 and "make train" in refused.value.errors[0]["msg"]
+
+
+def test_served_inputs_are_counted_into_each_features_training_bins(predictor, frame, small_models):
+    from prometheus_client import REGISTRY
+
+    _, v1, _ = small_models
+    model = predictor.store.state.current
+    baselines = model.meta.feature_baselines
+    assert [b.name for b in baselines] == list(predictor.codec.names)
+
+    def served(feature: str) -> float:
+        return sum(REGISTRY.get_sample_value("model_feature_bin_total",
+                                             {"model_version": v1, "feature": feature, "bin": b}) or 0
+                   for b in next(x for x in baselines if x.name == feature).bins())
+
+    predictor.flush_inputs()  # what earlier tests left in the buffer
+    before = {b.name: served(b.name) for b in baselines}
+    rows = feature_rows(frame)
+    for row in rows[:5]:
+        predictor.one({"features": row})
+    predictor.batch({"rows": rows[:3]})
+    predictor.flush_inputs()  # the poll loop and /metrics do this
+    assert {b.name: served(b.name) - before[b.name] for b in baselines} == {b.name: 8 for b in baselines}
