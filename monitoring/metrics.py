@@ -131,7 +131,8 @@ MODEL_RELOAD_FAILURES = Counter(
 )
 MODEL_SERVING_FALLBACK = Gauge(
     "model_serving_fallback",
-    "1 while a worker serves another version than `current` names (current was refused or unreadable).",
+    "1 while a worker serves this version instead of the one `current` names (refused or unreadable).",
+    ["model_version"],  # labelled: no series (and no multiprocess file) until a fallback happens
     multiprocess_mode="livemax",
 )
 

@@ -24,6 +24,33 @@ class RequestError(Exception):
         return {"detail": self.errors}
 
 
+# The shape of every error body, for OpenAPI, and what each status means here.
+ERROR_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["detail"],
+    "properties": {"detail": {"type": "array", "items": {
+        "type": "object", "required": ["loc", "type", "msg"],
+        "properties": {"loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                       "type": {"type": "string"}, "msg": {"type": "string"}, "input": {}}}}},
+}
+STATUS_MEANING = {
+    400: "The body is not valid JSON (or nested deeper than 1,024 levels).",
+    401: "Missing or wrong bearer token.",
+    404: "Not found: no such entity, or admin endpoints disabled (ADMIN_TOKEN unset).",
+    408: "The request's headers or body did not arrive in time (HEADER_TIMEOUT_SECONDS, BODY_TIMEOUT_SECONDS).",
+    413: "The body is larger than MAX_BODY_BYTES, or a batch has more than MAX_BATCH_ROWS rows.",
+    422: "The request breaks the schema; each entry names the field.",
+    431: "The request line and headers are larger than MAX_HEADER_BYTES or have more than 100 fields.",
+    503: "No model is loaded yet (see GET /ready), or the feature database is unavailable.",
+}
+
+
+def openapi_responses(*statuses: int) -> dict[str, Any]:
+    """`responses` for a route's OpenAPI: each status with its meaning and the error body schema."""
+    return {"responses": {str(s): {"description": STATUS_MEANING[s],
+                                   "content": {"application/json": {"schema": ERROR_BODY_SCHEMA}}}
+                          for s in statuses}}
+
+
 def _entry(loc: list, kind: str, msg: str, value: Any = None) -> dict[str, Any]:
     return {"loc": loc, "type": kind, "msg": msg, "input": safe_input(value)}
 

@@ -111,6 +111,7 @@ class ModelStore:
         self.failed: dict[str, str] = {}  # version (or "current") -> why it was refused (not retried until forced)
         self.config_error: str | None = None
         self.fallback: str | None = None  # why the version served is not the one `current` names
+        self._fallback_gauge = None
         self._config_stamp: tuple[float, int] | None | str = "unread"
         self._config_ever_loaded = False  # a refused config at a fresh start serves nothing (readiness says why)
         self._experiment: Experiment | None = None
@@ -269,4 +270,8 @@ class ModelStore:
             if reason:
                 log.warning("fallback: %s", reason)
             self.fallback = reason
-        prom.MODEL_SERVING_FALLBACK.set(1 if reason else 0)
+            if self._fallback_gauge is not None:
+                self._fallback_gauge.set(0)
+            self._fallback_gauge = prom.MODEL_SERVING_FALLBACK.labels(serving) if reason else None
+            if self._fallback_gauge is not None:
+                self._fallback_gauge.set(1)

@@ -21,7 +21,13 @@ from features.spec import SPEC
 from monitoring import metrics as prom
 from serve import errors
 from serve.deps import ModelDep, PredictorDep, SettingsDep, StoreDep
-from serve.validation import check_path_key, feature_json_schema, key_json_schema, parse_json
+from serve.validation import (
+    body_key_json_schema,
+    check_path_key,
+    feature_json_schema,
+    key_json_schema,
+    parse_json,
+)
 
 JSON = "application/json"
 # What GET /model shows of each model's meta.json
@@ -43,15 +49,16 @@ def router(max_batch_rows: int) -> APIRouter:
     api = APIRouter()
     features, example = feature_json_schema(), example_features()
     predict_spec = _body(
-        {"type": "object", "properties": {"features": features, "user_id": key_json_schema()},
+        {"type": "object", "properties": {"features": features, "user_id": body_key_json_schema()},
          "required": ["features"], "additionalProperties": False},
-        {"features": example, "user_id": SPEC.entity.example})
+        {"features": example, "user_id": SPEC.entity.example}) | errors.openapi_responses(400, 413, 422, 503)
     batch_spec = _body(
-        {"type": "object", "properties": {"rows": {"type": "array", "items": features, "maxItems": max_batch_rows}},
+        {"type": "object", "properties": {"rows": {"type": "array", "items": features, "minItems": 1,
+                                                   "maxItems": max_batch_rows}},
          "required": ["rows"], "additionalProperties": False},
-        {"rows": [example, example]})
+        {"rows": [example, example]}) | errors.openapi_responses(400, 413, 422, 503)
     user_spec = {"parameters": [{"name": "user_id", "in": "path", "required": True, "schema": key_json_schema(),
-                                 "example": SPEC.entity.example}]}
+                                 "example": SPEC.entity.example}]} | errors.openapi_responses(404, 413, 422, 503)
 
     @api.post("/predict", openapi_extra=predict_spec, summary="Score one row of features")
     async def predict(request: Request) -> Response:
@@ -63,8 +70,8 @@ def router(max_batch_rows: int) -> APIRouter:
 
     @api.post("/predict/user/{user_id}", openapi_extra=user_spec,
               summary=f"Score a {SPEC.entity.name} with features computed now from the database")
-    async def predict_user(user_id: str, predictor: PredictorDep, _ready: ModelDep) -> Response:
-        key = check_path_key(user_id)
+    async def predict_user(request: Request, predictor: PredictorDep, _ready: ModelDep) -> Response:
+        key = check_path_key(request.path_params["user_id"])  # not a signature parameter: one documented path id
         features = await run_in_threadpool(predictor.entity_features, key)
         return json_response(predictor.score_entity(key, features))  # on the loop: score_one is not thread-safe
 
@@ -72,7 +79,10 @@ def router(max_batch_rows: int) -> APIRouter:
     async def health() -> Response:
         return json_response({"status": "ok"})
 
-    @api.get("/ready", summary="Readiness: a model is loaded and self-checked")
+    @api.get("/ready", summary="Readiness: a model is loaded and self-checked", openapi_extra={"responses": {
+        "503": {"description": "Not ready: no model is loaded; `reason` says why.", "content": {JSON: {"schema": {
+            "type": "object", "required": ["status", "reason"],
+            "properties": {"status": {"type": "string"}, "reason": {"type": "string"}}}}}}}})
     async def ready(store: StoreDep) -> Response:
         reason = store.readiness()
         if reason is not None:
@@ -80,7 +90,8 @@ def router(max_batch_rows: int) -> APIRouter:
         return json_response({"status": "ready", "model_version": store.state.current.version,
                               "fallback": store.fallback})
 
-    @api.get("/model", summary="Metadata of the serving model(s), including the feature schema")
+    @api.get("/model", summary="Metadata of the serving model(s), including the feature schema",
+             openapi_extra=errors.openapi_responses(503))
     async def model_info(store: StoreDep, _ready: ModelDep) -> Response:
         state = store.state
         return json_response({
@@ -104,7 +115,8 @@ def router(max_batch_rows: int) -> APIRouter:
 
     @api.post("/admin/reload", summary="Reload `current` now, retrying refused versions (bearer ADMIN_TOKEN; "
               "disabled when unset)", description="The worker that receives it reloads at once; every other "
-              "worker of the server reloads within MODEL_POLL_SECONDS (serve/reload.py).")
+              "worker of the server reloads within MODEL_POLL_SECONDS (serve/reload.py).",
+              openapi_extra=errors.openapi_responses(401, 404))
     async def admin_reload(request: Request, settings: SettingsDep, store: StoreDep) -> Response:
         if not settings.admin_token:
             raise errors.admin_disabled()

@@ -81,6 +81,14 @@ def key_json_schema(entity: Entity = SPEC.entity) -> dict[str, Any]:
             "description": f"The {entity.name}'s {entity.key}."}
 
 
+def body_key_json_schema(entity: Entity = SPEC.entity) -> dict[str, Any]:
+    """JSON Schema of the optional `user_id` of a request body: what check_key accepts."""
+    accepted = [key_json_schema(entity)]
+    if entity.type == "string":  # an integer id is accepted and read as its decimal string
+        accepted.append({"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1})
+    return {"anyOf": [*accepted, {"type": "null"}], "description": accepted[0]["description"] + " Optional."}
+
+
 def feature_json_schema(features: Sequence[Feature] = FEATURES) -> dict[str, Any]:
     """JSON Schema of the features object (for OpenAPI)."""
     props: dict[str, Any] = {}

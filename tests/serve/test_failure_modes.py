@@ -402,9 +402,10 @@ def test_admin_reload_reaches_every_worker(tmp_path, small_models, small_sqlite_
         status, reply = raw(server.port, reload)
         assert status == 200 and json.loads(reply)["model_version"] == v2, reply
         assert "MODEL_POLL_SECONDS" in json.loads(reply)["other_workers"]
-        time.sleep(1.5)  # one poll period and a half
-        answers = {json.loads(raw(server.port, post("/predict", body))[1])["model_version"] for _ in range(30)}
-        assert answers == {v2}
+        started = time.monotonic()
+        _wait(lambda: {json.loads(raw(server.port, post("/predict", body))[1])["model_version"]
+                       for _ in range(30)} == {v2}, 10, "every worker serving the fixed version")
+        assert time.monotonic() - started < 4  # a poll period (1 s) and a model load, not forever
     finally:
         server.stop()
 
@@ -426,3 +427,25 @@ def test_a_restarting_worker_takes_no_connections_before_it_is_ready(running):
             slow.append(round(took, 2))
     _wait(lambda: len(_workers(server)) == 2 and set(_workers(server)) != set(workers), 20, "a new worker")
     assert not slow, f"connections waited for a booting worker: {slow}"
+
+
+# -- 10. the OpenAPI document matches what the server does --------------------------------------
+def test_openapi_documents_every_status_and_limit_the_server_uses(running):
+    server, registry = running
+    status, spec = json_of(server, "/openapi.json")
+    assert status == 200
+    paths = spec["paths"]
+    for path, codes in {"/predict": {"400", "413", "422", "503"}, "/predict/batch": {"400", "413", "422", "503"},
+                        "/predict/user/{user_id}": {"404", "422", "503"}, "/admin/reload": {"401", "404"}}.items():
+        assert codes <= set(paths[path]["post"]["responses"]), path
+    assert "503" in paths["/ready"]["get"]["responses"] and "503" in paths["/model"]["get"]["responses"]
+    rows = paths["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["rows"]
+    assert rows["minItems"] == 1
+    (param,) = paths["/predict/user/{user_id}"]["post"]["parameters"]  # one, with the server's limits
+    long_id = "x" * 10_000
+    status, body = raw(server.port, post("/predict/user/" + long_id, b""))
+    assert status == 422 and len(body) < 2_000
+    assert json.loads(body)["detail"][0]["loc"] == ["path", "user_id"]
+    if param["schema"].get("type") == "string":
+        assert param["schema"]["minLength"] == 1 and param["schema"]["maxLength"] < 10_000
+    assert raw(server.port, post("/predict/batch", b'{"rows": []}'))[0] == 422
