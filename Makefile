@@ -70,7 +70,7 @@ serve: install ## run the model server in the foreground
 	$(PY) -m serve
 
 rollback: install ## re-point `current` to the previous version, or TO=<version>
-	$(PY) -m train.registry rollback $(if $(TO),--to $(TO)) $(if $(REASON),--reason "$(REASON)")
+	$(PY) -m registry rollback $(if $(TO),--to $(TO)) $(if $(REASON),--reason "$(REASON)")
 
 experiments: install ## the experiment log as a table (ARGS="--model lightgbm --last 10"; PLOT=roc_auc)
 	$(PY) -m experiments $(if $(PLOT),--plot $(PLOT)) $(ARGS)
