@@ -45,11 +45,13 @@ ab_exposures = sa.Table(
 _Row = tuple[float, str, str | int, str, str]
 
 
-def create_table(engine: sa.Engine, attempts: int = 3) -> None:
-    """Create ab_exposures and its index if missing; safe when several workers race to do it."""
+def create_table(engine: sa.Engine, attempts: int = 3, table: sa.Table | None = None) -> None:
+    """Create `table` (default ab_exposures) and its indexes if missing; safe when several workers
+    race to do it."""
+    table = ab_exposures if table is None else table
     for attempt in range(attempts):
         try:
-            metadata.create_all(engine, tables=[ab_exposures], checkfirst=True)
+            table.create(engine, checkfirst=True)
             return
         except sa.exc.SQLAlchemyError:
             # another process created it between our check and our CREATE: check again

@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ab import exposures
 from ab.exposures import CounterLike, ExposureWriter
 from features.spec import SPEC
 
@@ -46,14 +47,7 @@ _Row = tuple[float, str, Any, str, str | None, float]
 
 def create_table(engine: sa.Engine, attempts: int = 3) -> None:
     """Create prediction_log and its indexes if missing; safe when several workers race."""
-    for attempt in range(attempts):
-        try:
-            metadata.create_all(engine, tables=[prediction_log], checkfirst=True)
-            return
-        except sa.exc.SQLAlchemyError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
+    exposures.create_table(engine, attempts, table=prediction_log)
 
 
 def prune(conn: sa.Connection, retention_days: float, now: datetime | None = None) -> int:
