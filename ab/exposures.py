@@ -131,18 +131,22 @@ class ExposureWriter:
 
     def record(self, experiment: str, unit_id: str | int, variant: str, model_version: str) -> None:
         """Queue one exposure: O(1), no I/O, never raises; unit_id is a key in its type (parsed)."""
+        self._enqueue((time.time(), experiment, unit_id, variant, model_version), experiment)
+
+    def _enqueue(self, row: tuple, label: str) -> None:
+        """Queue a row (counted as lost under `label` when the queue is full or closed); never raises."""
         try:
             if self._thread is None:
                 self._start()
             queue = self._queue
             if self._closed or len(queue) >= self.max_queue:
                 self._overflowed = not self._closed
-                self._count(self.lost_counter, {experiment: 1}, lost=True)
+                self._count(self.lost_counter, {label: 1}, lost=True)
                 return
-            queue.append((time.time(), experiment, unit_id, variant, model_version))
+            queue.append(row)
             if len(queue) == self.batch_size:
                 self._wake.set()
-        except Exception:  # an exposure is never worth a failed prediction
+        except Exception:  # a log row is never worth a failed prediction
             pass
 
     def flush(self) -> None:

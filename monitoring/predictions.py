@@ -114,18 +114,10 @@ class PredictionLogWriter(ExposureWriter):
         if entity is None and (self.sample_without_entity <= 0.0 or random.random() >= self.sample_without_entity):
             return
         try:
-            if self._thread is None:
-                self._start()
-            queue = self._queue
-            if self._closed or len(queue) >= self.max_queue:
-                self._overflowed = not self._closed
-                self._count(self.lost_counter, {kind: 1}, lost=True)
-                return
-            queue.append((time.time(), kind, entity, model_version, variant, float(score)))
-            if len(queue) == self.batch_size:
-                self._wake.set()
-        except Exception:  # a log row is never worth a failed prediction
-            pass
+            row = (time.time(), kind, entity, model_version, variant, float(score))
+        except (TypeError, ValueError):  # a score that is no number: not worth a failed prediction
+            return
+        self._enqueue(row, kind)
 
     def _write(self, batch: list[_Row]) -> None:  # type: ignore[override]
         engine = self._engine
