@@ -76,6 +76,7 @@ class ExposureWriter:
     what = "ab exposures"  # in log lines
     lost_metric = "ab_exposures_lost_total"
     thread_name = "ab-exposure-writer"
+    create_database = True  # False (from_settings, the server): a missing SQLite file is an error, not a new empty one
 
     def __init__(
         self,
@@ -107,7 +108,9 @@ class ExposureWriter:
         from monitoring import metrics
         kwargs.setdefault("recorded", metrics.AB_EXPOSURES_RECORDED)
         kwargs.setdefault("lost", metrics.AB_EXPOSURES_LOST)
-        return cls(settings.database_url, **kwargs)
+        writer = cls(settings.database_url, **kwargs)
+        writer.create_database = False
+        return writer
 
     def _after_fork(self) -> None:
         self._count_lock = threading.Lock()
@@ -146,8 +149,11 @@ class ExposureWriter:
             queue.append(row)
             if len(queue) == self.batch_size:
                 self._wake.set()
-        except Exception:  # a log row is never worth a failed prediction
-            pass
+        except Exception:  # a log row is never worth a failed prediction; counted, so it is not silent
+            with contextlib.suppress(Exception):
+                from monitoring import metrics
+
+                metrics.LOG_RECORD_ERRORS.labels(self.what).inc()
 
     def flush(self) -> None:
         """Write everything queued now, on the calling thread (the flusher does this on its own)."""
@@ -240,7 +246,7 @@ class ExposureWriter:
     def _write(self, batch: list[_Row]) -> None:
         engine = self._engine
         if engine is None:
-            engine = self._engine = make_engine(self.database_url, pool_size=1)
+            engine = self._engine = make_engine(self.database_url, pool_size=1, create=self.create_database)
         if not self._table_ready:
             create_table(engine)
             self._table_ready = True

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 import time
+import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError
 
 from stack.settings import SUPPORTED_DATABASE_SCHEMES
 
@@ -40,6 +42,7 @@ def make_engine(
     statement_timeout: float | None = None,
     autocommit: bool = False,
     pre_ping: bool = True,
+    create: bool = True,
 ) -> Engine:
     """An Engine for `url`; raises DatabaseError for unknown schemes or bad URLs.
 
@@ -49,6 +52,11 @@ def make_engine(
     it bounds a checkout: the busy timeout and a progress handler that interrupts the work),
     `autocommit` (reads without BEGIN/ROLLBACK round trips) and `pre_ping=False` (no SELECT 1 per
     checkout; a dropped connection is noticed by the statement that meets it).
+
+    SQLite files: `create=False` (the server, training, the log writers) never creates a missing
+    file: a connection raises DatabaseError naming the path and `make seed` (only the seeder and
+    tests create one). A pooled connection whose file was replaced (moved away, a new seed renamed
+    over it) is dropped at its next checkout and reopened on the file now at the path.
     """
     try:
         parsed = make_url(url)
@@ -69,11 +77,16 @@ def make_engine(
     options: dict = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     try:
         if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            file = parsed.database if parsed.database and parsed.database != ":memory:" \
+                and not parsed.database.startswith("file:") else None
+            if file:
+                if create:
+                    Path(file).parent.mkdir(parents=True, exist_ok=True)
                 options.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout)
             busy = 30.0 if statement_timeout is None else statement_timeout
             engine = create_engine(parsed, connect_args={"timeout": busy}, **options)
+            if file:
+                _sqlite_file_checks(engine, Path(file), create)
             event.listen(engine, "connect", _sqlite_pragmas)
             if statement_timeout is not None:
                 _sqlite_time_limit(engine, statement_timeout)
@@ -92,6 +105,42 @@ def make_engine(
         )
     except NoSuchModuleError:
         raise DatabaseError(f"no driver for DATABASE_URL scheme {parsed.drivername!r}") from None
+
+
+def missing_sqlite_message(path: Path) -> str:
+    return (f"the SQLite database {path} does not exist; create it with `make seed` "
+            "(or point DATABASE_URL at the right file)")
+
+
+def _sqlite_file_checks(engine: Engine, path: Path, create: bool) -> None:
+    """Refuse to create a missing file (create=False); reopen connections whose file was replaced."""
+
+    def identity() -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    if not create:
+        @event.listens_for(engine, "do_connect")
+        def _must_exist(_dialect, _record, cargs, cparams):
+            if identity() is None:
+                raise DatabaseError(missing_sqlite_message(path))
+            # mode=rw: a file removed between the check and the open is an error, not a new empty file
+            cargs[:] = [f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw"]
+            cparams["uri"] = True
+
+    @event.listens_for(engine, "connect")
+    def _remember(_dbapi_conn, record) -> None:
+        record.info["sqlite_file"] = identity()
+
+    @event.listens_for(engine, "checkout")
+    def _same_file(_dbapi_conn, record, _proxy) -> None:
+        # one stat() per checkout (~1 us): a connection keeps reading the file it opened, so a
+        # replaced database would otherwise be served stale until the worker restarts
+        if record.info.get("sqlite_file") != identity():
+            raise DisconnectionError(f"{path} was replaced or removed")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -162,15 +211,20 @@ def date_part(field: str | None, value: str | datetime | None) -> float | None:
 
 
 def check_connection(engine: Engine) -> None:
-    """Raise DatabaseError naming the URL when the database does not answer."""
+    """Raise DatabaseError naming the URL when the database does not answer (or is not one)."""
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    except DBAPIError as exc:  # OperationalError (down, refused), DatabaseError (a file that is not SQLite)
+        reason = (str(exc.orig).strip().splitlines() or ["?"])[0] if exc.orig else str(exc)
+        where = redact(engine.url.render_as_string(False))
+        if is_sqlite(engine):
+            raise DatabaseError(
+                f"cannot use the SQLite database {engine.url.database}: {reason}. Is DATABASE_URL right? "
+                "`make seed ARGS=--replace` rebuilds the demo database"
+            ) from None
         raise DatabaseError(
-            f"cannot reach the database at {redact(engine.url.render_as_string(False))}: {reason}. "
-            "Is it running, and is DATABASE_URL right?"
+            f"cannot reach the database at {where}: {reason}. Is it running, and is DATABASE_URL right?"
         ) from None
 
 

@@ -155,6 +155,16 @@ AB_EXPOSURES_LOST = Counter(
     "A/B exposures dropped (queue full, store down); the request was still answered.",
     ["experiment"],
 )
+LOG_RECORD_ERRORS = Counter(
+    "serve_log_record_errors_total",
+    "Rows the exposure or prediction log could not even queue (an exception in record(); the request "
+    "was still answered).",
+    ["log"],
+)
+ADMIN_AUTH_FAILURES = Counter(
+    "serve_admin_auth_failures_total",
+    "POST /admin/reload requests refused for a missing or wrong bearer token.",
+)
 
 # --- Realized quality (monitoring/realized.py sets these from `python -m monitoring.quality`) --
 
@@ -228,6 +238,8 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     ONLINE_FEATURE_VIOLATIONS,
     AB_EXPOSURES_RECORDED,
     AB_EXPOSURES_LOST,
+    LOG_RECORD_ERRORS,
+    ADMIN_AUTH_FAILURES,
     PREDICTION_LOG_RECORDED,
     PREDICTION_LOG_LOST,
     *(gauge for gauge, _ in REALIZED_GAUGES),

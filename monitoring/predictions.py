@@ -105,8 +105,10 @@ class PredictionLogWriter(ExposureWriter):
 
         kwargs.setdefault("recorded", metrics.PREDICTION_LOG_RECORDED)
         kwargs.setdefault("lost", metrics.PREDICTION_LOG_LOST)
-        return cls(settings.database_url, sample_without_entity=settings.prediction_log_sample,
-                   retention_days=settings.prediction_log_retention_days, **kwargs)
+        writer = cls(settings.database_url, sample_without_entity=settings.prediction_log_sample,
+                     retention_days=settings.prediction_log_retention_days, **kwargs)
+        writer.create_database = False  # the app database: never create an empty one
+        return writer
 
     def record(self, entity: Any, model_version: str, variant: str | None, score: float,  # type: ignore[override]
                kind: str = SERVED) -> None:
@@ -143,4 +145,4 @@ class PredictionLogWriter(ExposureWriter):
     def _make_engine(self) -> sa.Engine:
         from features.db import make_engine
 
-        return make_engine(self.database_url, pool_size=1)
+        return make_engine(self.database_url, pool_size=1, create=self.create_database)

@@ -31,7 +31,14 @@ def port_is_free(host: str, port: int) -> bool:
 
 def main() -> int:
     settings = get_settings()  # a misconfiguration stops here, naming the variable
-    if not port_is_free(settings.host, settings.port):
+    try:
+        free = port_is_free(settings.host, settings.port)
+    except OSError as exc:  # a name that does not resolve, an address that is not this machine's
+        print(f"serve: HOST={settings.host!r} is not an address this machine can listen on "
+              f"({exc.strerror or exc}); use 127.0.0.1, 0.0.0.0 (every interface) or one of its own "
+              f"addresses", file=sys.stderr)
+        return 2
+    if not free:
         print(f"serve: port {settings.port} on {settings.host} is already in use; stop what runs there "
               f"(`make down`) or choose another with PORT=...", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ prometheus_client picks its multiprocess storage when it is first imported.
 """
 
 import gc
+import logging
 import os
 
 from monitoring import metrics as _metrics
@@ -37,7 +38,18 @@ proc_name = "boring-ml-serve"
 control_socket_disable = True
 
 
+class _ListeningAt(logging.Filter):
+    """gunicorn's master logs "Listening at: <its sockets> (pid)"; with reuse_port it has none (each
+    worker opens its own), so the line read "Listening at:  (pid)". Name the bound address instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Listening at: %s (%s)" and isinstance(record.args, tuple) and not record.args[0]:
+            record.args = (",".join(f"http://{b}" for b in bind) + " (a socket per worker)", record.args[1])
+        return True
+
+
 def on_starting(server):
+    server.log.error_log.addFilter(_ListeningAt())
     _metrics.setup_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 

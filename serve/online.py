@@ -37,7 +37,7 @@ class OnlineFeatures:
             if self._engine is None:
                 self._engine = make_engine(
                     self.database_url, pool_size=4, max_overflow=0, pool_timeout=1.0, connect_timeout=2,
-                    statement_timeout=2.0, autocommit=True, pre_ping=False)
+                    statement_timeout=2.0, autocommit=True, pre_ping=False, create=False)
             return self._engine
 
     def features(self, key: Any) -> dict | None:

@@ -7,6 +7,7 @@ the hot path); the other routes use the dependencies of serve/deps.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 from typing import Any
@@ -29,6 +30,7 @@ from serve.validation import (
     parse_json,
 )
 
+log = logging.getLogger("serve.routes")
 JSON = "application/json"
 # What GET /model shows of each model's meta.json
 MODEL_FIELDS = {"version", "created_at", "model_type", "git_commit", "data_fingerprint", "metrics", "params",
@@ -122,6 +124,10 @@ def router(max_batch_rows: int) -> APIRouter:
             raise errors.admin_disabled()
         given = request.headers.get("authorization", "")
         if not secrets.compare_digest(given.encode(), f"Bearer {settings.admin_token}".encode()):
+            prom.ADMIN_AUTH_FAILURES.inc()
+            client = request.client.host if request.client else "unknown"
+            log.warning("POST /admin/reload refused: %s bearer token from %s",
+                        "a wrong" if given else "no", client)
             raise errors.unauthorized()
         changed = await asyncio.to_thread(store.refresh, True)
         others = request.app.state.reloads.request()

@@ -10,7 +10,8 @@ request holds its connection (and a graceful shutdown) forever. This protocol ad
   end of the head, and `body_timeout` seconds from there to the end of the body: else 408.
 
 On SIGTERM a request still waiting for its body gets at most `shutdown_body_seconds` more, so
-one stalled upload cannot hold a graceful shutdown until gunicorn's graceful_timeout kills it.
+one stalled upload cannot hold a graceful shutdown until gunicorn's graceful_timeout kills it; a
+request cut that way is logged (method, path, client, body bytes received of those announced).
 
 The values come from stack.settings (HEADER_TIMEOUT_SECONDS, BODY_TIMEOUT_SECONDS,
 MAX_HEADER_BYTES) and gunicorn's limit_request_fields; gunicorn.conf.py names `serve.worker.Worker`.
@@ -19,18 +20,25 @@ MAX_HEADER_BYTES) and gunicorn's limit_request_fields; gunicorn.conf.py names `s
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import socket
+import sys
 from typing import Any
 
 import httptools
 import orjson
 from gunicorn import sock
+from gunicorn.arbiter import Arbiter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from monitoring import metrics as prom
 from serve.errors import headers_too_large, request_timeout
 from stack.settings import get_settings
+
+log = logging.getLogger("serve.worker")
 
 
 class _HeadTooLarge(Exception):
@@ -53,6 +61,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._fields = 0
         self._refusing = False
         self._read_timer: asyncio.TimerHandle | None = None
+        self._body_bytes = 0
+        self._shutting_down = False
 
     # -- timers ---------------------------------------------------------------------------------
     def _arm(self, seconds: float) -> None:
@@ -74,8 +84,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if self.cycle.response_started:
                 self.transport.close()
                 return
+        if self._shutting_down and not self._in_head and self.cycle is not None:
+            self._log_cut()
         self._refuse(408, request_timeout(self.header_timeout if self._in_head else self.body_timeout,
                                           "headers" if self._in_head else "body"))
+
+    def _log_cut(self) -> None:
+        scope = self.cycle.scope
+        announced = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"content-length"),
+                         "unknown")
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
+        log.warning("shutdown: cut %s %s from %s after %gs: %d of %s body bytes received; answered 408",
+                    scope.get("method"), scope.get("path"), client, min(self.shutdown_body_seconds, self.body_timeout),
+                    self._body_bytes, announced)
 
     def _refuse(self, status: int, body: dict) -> None:
         """Answer `status` with a JSON body from serve/errors.py and close; counted as an unmatched request."""
@@ -127,6 +148,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, headers_too_large(self.limit_request_head, self.limit_request_fields))
 
     def shutdown(self) -> None:
+        self._shutting_down = True
         if self.cycle is not None and not self.cycle.response_complete and self.cycle.more_body \
                 and not self._in_head and self._read_timer is not None:
             self._arm(min(self.shutdown_body_seconds, self.body_timeout))
@@ -134,7 +156,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._fields = True, 0
+        self._in_head, self._fields, self._body_bytes = True, 0, 0
         if self._read_timer is None:
             self._arm(self.header_timeout)
 
@@ -153,6 +175,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._arm(self.body_timeout)
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -188,8 +214,26 @@ class Worker(UvicornWorker):
         if self._own_sockets() and not self.sockets:
             self.sockets = _create_sockets(self.cfg, self.log)
 
+    async def _serve(self) -> None:
+        # uvicorn_worker's _serve, handing uvicorn the plain sockets: given gunicorn's wrappers, uvloop
+        # closed the descriptor at shutdown behind the wrapper's back and the wrapper then closed the
+        # same number again ("Error while closing socket [Errno 9]"; by then the number could belong
+        # to another file). A plain socket is detached by uvloop, and closing it twice is harmless.
+        self.config.app = self.wsgi
+        server = Server(config=self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=[getattr(s, "sock", s) for s in self.sockets])
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
 
 _create_sockets = sock.create_sockets
+# The private gunicorn API patched below, as the pinned gunicorn defines it; an upgrade that changes
+# it fails tests/serve/test_worker_contract.py instead of silently listening before the model loads.
+CREATE_SOCKETS_SIGNATURE = "(conf, log, fds=None)"
+if str(inspect.signature(_create_sockets)) != CREATE_SOCKETS_SIGNATURE:  # pragma: no cover
+    raise ImportError(f"gunicorn.sock.create_sockets{inspect.signature(_create_sockets)} is not "
+                      f"create_sockets{CREATE_SOCKETS_SIGNATURE}: serve/worker.py needs a review for this gunicorn")
 
 
 def _sockets_after_load(conf: Any, log: Any, fds: Any = None) -> list:

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             tolerance=args.tolerance, notes=args.notes, deploy=not args.no_deploy, force=args.force,
             reason=args.reason, shuffle_labels=args.shuffle_labels,
         )
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, create=False)  # a missing SQLite file: "run make seed"
         check_connection(engine)
         result = run(engine, registry, settings.experiments_log, config)
     except TrainingBusy as exc:
