@@ -64,6 +64,11 @@ def post_worker_init(worker):
 
 def child_exit(server, worker):
     _metrics.child_exit(server, worker)
+    from serve.worker import ready_file
+
+    ready = ready_file(worker.pid)
+    if ready is not None:
+        ready.unlink(missing_ok=True)
 
 
 def when_ready(server):

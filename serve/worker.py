@@ -22,8 +22,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import socket
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import httptools
@@ -193,6 +196,8 @@ class Worker(UvicornWorker):
     the fork: the kernel would queue new connections on it while the worker still imports and loads
     its model (a second or more). This worker opens its socket only after the app is built and its
     model loaded (serve.app:worker_app() loads it); `_sockets_after_load` keeps gunicorn from opening one.
+    Then it leaves a ready file for the master (`ready_file`): on SIGHUP the master retires the old
+    workers only once the new ones are listening (`_manage_workers`).
     """
 
     CONFIG_KWARGS: dict[str, Any] = {"loop": "auto", "http": LimitedHttpToolsProtocol}
@@ -213,6 +218,12 @@ class Worker(UvicornWorker):
         super().load_wsgi()  # builds the app: the model is loaded and self-checked by now
         if self._own_sockets() and not self.sockets:
             self.sockets = _create_sockets(self.cfg, self.log)
+        ready = ready_file(os.getpid())
+        if ready is not None:
+            try:
+                ready.touch()
+            except OSError as exc:
+                self.log.warning("cannot write %s (%s): a SIGHUP will not wait for this worker", ready, exc)
 
     async def _serve(self) -> None:
         # uvicorn_worker's _serve, handing uvicorn the plain sockets: given gunicorn's wrappers, uvloop
@@ -246,3 +257,49 @@ def _sockets_after_load(conf: Any, log: Any, fds: Any = None) -> list:
 
 
 sock.create_sockets = _sockets_after_load
+
+
+def ready_file(pid: int) -> Path | None:
+    """The file a worker leaves once it listens, in the server's private runtime folder (None: no folder)."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(folder) / f"worker-ready-{pid}" if folder else None
+
+
+_original_manage_workers = Arbiter.manage_workers
+MANAGE_WORKERS_SIGNATURE = "(self)"
+if str(inspect.signature(_original_manage_workers)) != MANAGE_WORKERS_SIGNATURE:  # pragma: no cover
+    raise ImportError("gunicorn.arbiter.Arbiter.manage_workers changed: serve/worker.py needs a review")
+
+
+def _manage_workers(self: Arbiter) -> None:
+    # gunicorn's SIGHUP forks new workers and at once SIGTERMs the old ones (manage_workers kills the
+    # oldest beyond `workers`), assuming a forked worker serves. These load a model first (seconds):
+    # every old socket closed while no new one listened, and the port refused connections for the
+    # whole load (measured: ~6.5 s of refused connections under load). Wait for the new workers.
+    if len(self.WORKERS) > self.num_workers and self.cfg.worker_class is Worker:
+        _wait_for_new_workers(self)
+    _original_manage_workers(self)
+
+
+def _wait_for_new_workers(master: Arbiter) -> None:
+    if ready_file(0) is None:
+        return
+    started = time.monotonic()
+    deadline = started + max(float(master.cfg.timeout or 60), 1.0)
+    while True:
+        newest = sorted(master.WORKERS.items(), key=lambda w: w[1].age)[-master.num_workers:]
+        if all(ready_file(pid).exists() for pid, _ in newest):
+            master.log.info("%d new workers listening after %.1fs; retiring the old ones", len(newest),
+                            time.monotonic() - started)
+            return
+        if time.monotonic() > deadline:
+            master.log.warning("new workers not listening after %.0fs; retiring the old ones anyway",
+                               deadline - started)
+            return
+        master.reap_workers()  # a new worker that died is not waited for
+        if len(master.WORKERS) <= master.num_workers:
+            return
+        time.sleep(0.1)
+
+
+Arbiter.manage_workers = _manage_workers
