@@ -246,10 +246,10 @@ def train_models(
     engine: sa.Engine, model_dir: Path, runs_log: Path, progress: Progress
 ) -> tuple[str, str]:
     """Train `current` (LightGBM defaults) and an undeployed challenger (other params)."""
-    from registry.store import Registry
+    from registry import open_registry
     from train.pipeline import TrainConfig, run
 
-    registry = Registry(model_dir)
+    registry = open_registry(model_dir)
     quiet = lambda _msg: None  # noqa: E731  (the demo prints one line per model instead)
     versions = []
     for role, params, deploy in (

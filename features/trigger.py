@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from features.spec import SPEC
-from registry.store import Registry, RegistryError
+from registry import open_registry
+from registry.store import RegistryError
 from stack.findings import NOW, SECTION, Finding, plural, shown, verdict
 
 PARITY_SAMPLE = 20
@@ -86,11 +87,11 @@ def listed_names(path: Path) -> list[str]:
     return names
 
 
-def audit_feature_store(model_dir: Path, in_service: Iterable[str], consumers_file: Path,
+def audit_feature_store(model_dir: Path | str, in_service: Iterable[str], consumers_file: Path,
                         parity: Parity) -> Finding:
     """Feature consumers (distinct schemas among the versions in service + declared consumers) and
     train/serve skew. `in_service`: the versions serving traffic (serve.trigger.models_in_service)."""
-    registry = Registry(model_dir)
+    registry = open_registry(model_dir)
     fingerprints = set()
     for version in sorted(set(filter(None, in_service))):
         try:

@@ -135,6 +135,10 @@ MODEL_SERVING_FALLBACK = Gauge(
     ["model_version"],  # labelled: no series (and no multiprocess file) until a fallback happens
     multiprocess_mode="livemax",
 )
+MODEL_REGISTRY_ERRORS = Counter(
+    "model_registry_errors_total",
+    "Model polls (or downloads) that could not reach the registry's object store; the model kept serving.",
+)
 
 ONLINE_FEATURE_VIOLATIONS = Counter(
     "model_online_feature_violations_total",

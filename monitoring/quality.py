@@ -37,7 +37,8 @@ from features.db import make_engine
 from features.spec import SPEC
 from monitoring.predictions import prediction_log
 from monitoring.realized import LATEST_FILE, QUALITY_FOLDER
-from registry.store import Registry, RegistryError
+from registry import open_registry
+from registry.store import RegistryError
 
 COLUMNS = ("day", "model_version", "kind", "matured", "base_rate", "mean_score", "roc_auc", "pr_auc",
            "log_loss", "calibration_error")
@@ -140,9 +141,9 @@ def window_quality(labelled: pd.DataFrame, now: datetime, window_days: float) ->
             for (version, kind), part in recent.groupby(["model_version", "kind"], sort=True)]
 
 
-def holdout_figures(model_dir: Path, versions: list[str]) -> dict[str, dict[str, float]]:
+def holdout_figures(model_dir: Path | str, versions: list[str]) -> dict[str, dict[str, float]]:
     """meta.json metrics of each version (the training holdout), where the registry has it."""
-    registry, out = Registry(model_dir), {}
+    registry, out = open_registry(model_dir), {}
     for version in versions:
         try:
             out[version] = dict(registry.meta(version).metrics)
@@ -151,7 +152,7 @@ def holdout_figures(model_dir: Path, versions: list[str]) -> dict[str, dict[str,
     return out
 
 
-def run(database_url: str, model_dir: Path, now: datetime | None = None, window_days: float = 7.0,
+def run(database_url: str, model_dir: Path | str, now: datetime | None = None, window_days: float = 7.0,
         resolution_minutes: float = 5.0, progress: Progress = print) -> QualityResult:
     """The whole job: read, label, measure, write the CSV, latest.json and the charts."""
     now = now or datetime.now(UTC)
@@ -171,7 +172,8 @@ def run(database_url: str, model_dir: Path, now: datetime | None = None, window_
     holdout = holdout_figures(model_dir, sorted({w["model_version"] for w in window} | set(daily["model_version"])))
     for entry in window:
         entry["holdout_roc_auc"] = holdout.get(entry["model_version"], {}).get("roc_auc")
-    folder = Path(model_dir) / QUALITY_FOLDER
+    registry = open_registry(model_dir)
+    folder = registry.reports_dir  # MODEL_DIR/quality, or a staging folder uploaded to s3://.../quality/
     folder.mkdir(parents=True, exist_ok=True)
     _write_atomic(folder / "quality.csv", daily.to_csv(index=False))
     _write_atomic(folder / LATEST_FILE, json.dumps({
@@ -179,12 +181,14 @@ def run(database_url: str, model_dir: Path, now: datetime | None = None, window_
         "window_days": window_days, "models": [_jsonable(w) for w in window]}, indent=2))
     plot_calibration(labelled, folder / "calibration.png")
     plot_realized_auc(daily, holdout, folder / "realized_auc.png")
+    registry.publish_reports(["quality.csv", "calibration.png", "realized_auc.png", LATEST_FILE])
     for w in window:
         auc = "n/a" if w["roc_auc"] is None else f"{w['roc_auc']:.3f}"
         hold = "n/a" if w["holdout_roc_auc"] is None else f"{w['holdout_roc_auc']:.3f}"
         progress(f"[quality] {w['model_version']} ({w['kind']}): {w['matured']:,} matured, base rate "
                  f"{w['base_rate']:.1%}, mean score {w['mean_score']:.1%}, ROC AUC {auc} (holdout {hold})")
-    progress(f"[write] {folder}/quality.csv ({len(daily)} rows), {LATEST_FILE}, calibration.png, realized_auc.png")
+    url = getattr(registry, "url", None)
+    progress(f"[write] {f'{url}/{QUALITY_FOLDER}' if isinstance(url, str) else folder}/quality.csv ({len(daily)} rows), {LATEST_FILE}, calibration.png, realized_auc.png")
     return QualityResult(daily, window, folder, len(labelled))
 
 
@@ -246,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m monitoring.quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", help="default: DATABASE_URL")
-    parser.add_argument("--model-dir", type=Path, help="default: MODEL_DIR (the output goes to its quality/)")
+    parser.add_argument("--model-dir", help="default: MODEL_DIR, a folder or s3://bucket/prefix (the output goes "
+                        "to its quality/)")
     parser.add_argument("--now", type=_utc, help="measure as if it were this UTC time (ISO); default: now")
     parser.add_argument("--window-days", type=float, default=7.0, help="days of matured predictions the "
                         "server's gauges summarise (default 7)")

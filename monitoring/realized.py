@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from monitoring import metrics as prom
 
 log = logging.getLogger(__name__)
 
-QUALITY_FOLDER = "quality"  # under MODEL_DIR: the trainer and the server share that volume
+QUALITY_FOLDER = "quality"  # under MODEL_DIR (the registry's reports_dir; objects quality/<name> on s3://)
 LATEST_FILE = "latest.json"
 
 
@@ -23,26 +25,56 @@ def latest_path(model_dir: Path) -> Path:
 
 
 class RealizedExport:
-    """Follows latest.json; refresh() is cheap when the file has not changed (one stat)."""
+    """Follows latest.json; refresh() is cheap when it has not changed (one stat, or on an s3://
+    registry one conditional GET at most every OBJECT_STORE_EVERY seconds)."""
 
-    def __init__(self, path: Path) -> None:
+    OBJECT_STORE_EVERY = 60.0  # the quality job runs hourly at most; the model poll stays one request
+
+    def __init__(self, path: Path | None = None, read: Callable[[object], tuple[object, bytes] | None] | None = None,
+                 every: float = 0.0, where: str | None = None) -> None:
         self.path = path
-        self._stamp: tuple[float, int] | None = None
+        self._read = read or self._read_file
+        self._every = every
+        self._next = 0.0
+        self.where = where or str(path)
+        self._stamp: object = None
 
-    def refresh(self) -> bool:
-        """Re-export the figures if the file changed; True when it did. Never raises."""
+    @classmethod
+    def of(cls, registry: Any) -> RealizedExport:
+        """The latest.json of a registry (folder or object store), read through it."""
+        if isinstance(getattr(registry, "url", None), str):  # s3://: poll the report object now and then
+            return cls(read=lambda stamp: registry.read_report(LATEST_FILE, stamp), every=cls.OBJECT_STORE_EVERY,
+                       where=f"{registry.url}/{QUALITY_FOLDER}/{LATEST_FILE}")
+        return cls(latest_path(registry.root))
+
+    def _read_file(self, stamp: object) -> tuple[object, bytes] | None:
         try:
             st = self.path.stat()
+            new = (st.st_mtime, st.st_size)
+            return None if new == stamp else (new, self.path.read_bytes())
         except OSError:
-            return False
-        stamp = (st.st_mtime, st.st_size)
-        if stamp == self._stamp:
-            return False
+            return None
+
+    def refresh(self) -> bool:
+        """Re-export the figures if latest.json changed; True when it did. Never raises."""
+        if self._every:
+            now = time.monotonic()
+            if now < self._next:
+                return False
+            self._next = now + self._every
         try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            got = self._read(self._stamp)
+        except Exception as exc:  # the store is down: the model poll counts that; try again later
+            log.debug("realized quality %s not read: %s", self.where, exc)
+            return False
+        if got is None:
+            return False
+        stamp, body = got
+        try:
+            doc = json.loads(body.decode("utf-8"))
             export(doc.get("models", []))
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            log.warning("realized quality %s not exported: %s", self.path, exc)
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("realized quality %s not exported: %s", self.where, exc)
             return False
         self._stamp = stamp
         return True

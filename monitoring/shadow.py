@@ -22,7 +22,8 @@ import sqlalchemy as sa
 
 from features.db import make_engine
 from monitoring.predictions import SERVED, SHADOW, prediction_log
-from monitoring.realized import QUALITY_FOLDER, latest_path
+from monitoring.realized import LATEST_FILE, QUALITY_FOLDER
+from registry import open_registry
 
 
 @dataclass
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m monitoring.shadow", description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", help="default: DATABASE_URL")
-    parser.add_argument("--model-dir", type=Path, help="default: MODEL_DIR (reads quality/latest.json there)")
+    parser.add_argument("--model-dir", help="default: MODEL_DIR, a folder or s3://bucket/prefix (reads "
+                        "quality/latest.json there)")
     parser.add_argument("--days", type=float, default=7.0, help="compare the last N days of the log (default 7)")
     parser.add_argument("--threshold", type=float, default=0.5, help="score threshold for agreement (default 0.5)")
     parser.add_argument("--pair-seconds", type=float, default=60.0, help="a shadow score pairs with the served "
@@ -136,13 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         pairs = paired(engine, datetime.now(UTC) - timedelta(days=args.days), args.pair_seconds)
     finally:
         engine.dispose()
-    comparison = compare(pairs, args.threshold, latest_path(model_dir))
+    registry = open_registry(model_dir)  # a folder, or s3:// (its reports are objects under quality/)
+    comparison = compare(pairs, args.threshold, registry.fetch_report(LATEST_FILE))
     print(report(comparison, args.threshold))
     if comparison.pairs:
-        folder = Path(model_dir) / QUALITY_FOLDER
+        folder = registry.reports_dir
         folder.mkdir(parents=True, exist_ok=True)
         plot(pairs, folder / "shadow_vs_served.png")
-        print(f"chart: {folder / 'shadow_vs_served.png'}")
+        registry.publish_reports(["shadow_vs_served.png"])
+        url = getattr(registry, "url", None)
+        print(f"chart: {f'{url}/{QUALITY_FOLDER}' if isinstance(url, str) else folder}/shadow_vs_served.png")
     return 0
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from registry.store import Registry, RegistryError
+from registry import open_registry
+from registry.store import RegistryError
 from stack.settings import get_settings
 
 
@@ -17,8 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("--to", default=None, help="version to deploy")
     rb.add_argument("--reason", default="", help="why (recorded in history.csv)")
     args = parser.parse_args(argv)
-    registry = Registry(get_settings().model_dir)
     try:
+        registry = open_registry(get_settings().model_dir)
         if args.command == "list":
             current = registry.current()
             for v in registry.versions():

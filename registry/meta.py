@@ -115,6 +115,9 @@ class ModelMeta(_Model):
     feature_baselines: list[FeatureBaseline] = Field(default_factory=list)
     self_check: list[SelfCheckRow] = Field(min_length=1)
     notes: str = ""
+    # sha256 (hex) of model.joblib, set by the registry when it writes the version and checked before
+    # every load; None in files written before checksums were recorded (they load unchecked)
+    model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     @field_validator("created_at")
     @classmethod

@@ -12,6 +12,7 @@ joblib files are pickles: loading one runs code. Only load artifacts this regist
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 import secrets
@@ -27,16 +28,104 @@ from registry.models import Model, ModelError, from_artifact, to_artifact
 
 VERSION_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 HISTORY_FIELDS = ("at", "action", "from_version", "to_version", "reason")
+REPORTS_FOLDER = "quality"  # the quality job's reports: $MODEL_DIR/quality/ (objects quality/<name> on S3)
 
 
 class RegistryError(RuntimeError):
     """The registry cannot do what was asked; the message says why."""
 
 
+class RegistryUnavailable(RegistryError):
+    """The registry's object store did not answer (network, timeout, 5xx); nothing is known to be wrong
+    with what it holds. A server keeps serving what it has (serve/models.py) and counts it."""
+
+
 def new_version(now: datetime | None = None) -> str:
     """A version id that sorts by time: YYYYMMDDTHHMMSSZ-<6 hex>."""
     now = now or datetime.now(UTC)
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+ANY = object()
+"""`set_current(..., expected=ANY)`: replace `current` whatever it names (a rollback by hand)."""
+
+
+def file_sha256(path: Path | str) -> str:
+    """The sha256 (hex) of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_problem(version: str, meta: ModelMeta, path: Path | str, where: str) -> str | None:
+    """Why the model file at `path` is not the one `version`'s meta.json describes (None: it is)."""
+    if meta.model_sha256 is None:  # written before checksums were recorded
+        return None
+    actual = file_sha256(path)
+    if actual == meta.model_sha256:
+        return None
+    return (f"model.joblib of {version} ({where}) does not match its meta.json: sha256 expected "
+            f"{meta.model_sha256}, got {actual}; refusing to load it")
+
+
+class Pointer:
+    """What both registry backends share on top of current(), history() and set_current()."""
+
+    def current(self) -> str | None:
+        raise NotImplementedError
+
+    def history(self) -> list[dict[str, str]]:
+        raise NotImplementedError
+
+    def set_current(self, version: str, action: str, reason: str, expected: object = ANY) -> str | None:
+        raise NotImplementedError
+
+    def rollback(self, to: str | None = None, reason: str = "") -> tuple[str | None, str]:
+        """Re-point `current` to `to`, or to the version deployed before the current one."""
+        try:
+            now = self.current()
+        except RegistryError:
+            if to is None:
+                raise
+            now = None
+        if to is None:
+            to = self._previous_deployed(now)
+            if to is None:
+                raise RegistryError("nothing to roll back to: no earlier deployed version in the history "
+                                    "(use `make rollback TO=<version>`)")
+        if to == now:
+            raise RegistryError(f"{to} is already current")
+        self.set_current(to, "rollback", reason or "manual rollback")
+        return now, to
+
+    def deployed(self) -> list[str]:
+        """Versions the history says were deployed (promoted or rolled back to), newest first, once each."""
+        try:
+            rows = self.history()
+        except (OSError, UnicodeDecodeError, csv.Error, RegistryError):
+            return []
+        seen: list[str] = []
+        for row in reversed(rows):
+            version = row.get("to_version") or ""
+            if VERSION_RE.match(version) and version not in seen:
+                seen.append(version)
+        return seen
+
+    def _previous_deployed(self, now: str | None) -> str | None:
+        # Walk the history backwards: the version that was current before `now` became current.
+        for row in reversed(self.history()):
+            if row["to_version"] == now and row["from_version"]:
+                return row["from_version"]
+        return None
+
+
+def lost_race(version: str, expected: object, now: str | None, where: str) -> RegistryError:
+    """The error of a promotion whose champion is no longer `current`."""
+    return RegistryError(f"{where} now names {now or 'nothing'}, not {expected or 'nothing'} (the version this "
+                         f"run was compared with): another writer deployed {now or 'a change'} first; "
+                         f"{version} is saved but was not deployed (`make rollback TO={version}` deploys it)")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -47,7 +136,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class Registry:
+class Registry(Pointer):
     """Read and write model versions under one folder."""
 
     def __init__(self, root: Path | str) -> None:
@@ -55,6 +144,7 @@ class Registry:
         self.versions_dir = self.root / "versions"
         self.current_file = self.root / "current"
         self.history_file = self.root / "history.csv"
+        self.reports_dir = self.root / REPORTS_FOLDER
 
     # -- reading -----------------------------------------------------------------------------
     def versions(self) -> list[str]:
@@ -110,6 +200,12 @@ class Registry:
         meta = self.meta(version)
         path = self.path(version) / "model.joblib"
         try:
+            problem = checksum_problem(version, meta, path, str(path))
+        except OSError as exc:
+            raise RegistryError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if problem:
+            raise RegistryError(problem)
+        try:
             artifact = joblib.load(path)
         except Exception as exc:  # a truncated or foreign file raises many different things
             raise RegistryError(f"cannot load {path}: {type(exc).__name__}: {exc}") from None
@@ -146,6 +242,7 @@ class Registry:
         try:
             tmp.mkdir()
             joblib.dump(to_artifact(model), tmp / "model.joblib")
+            meta = meta.model_copy(update={"model_sha256": file_sha256(tmp / "model.joblib")})
             if extra:
                 extra(tmp)
             (tmp / "meta.json").write_text(meta.to_json())
@@ -163,13 +260,20 @@ class Registry:
             raise
         return final
 
-    def set_current(self, version: str, action: str, reason: str) -> str | None:
-        """Point `current` at `version` (atomic rename) and record it; returns the previous one."""
+    def set_current(self, version: str, action: str, reason: str, expected: object = ANY) -> str | None:
+        """Point `current` at `version` (atomic rename) and record it; returns the previous one.
+
+        `expected`: the version the caller saw as current (a training run's champion); when `current`
+        names another one now, RegistryError and nothing changes. In a folder, runs are serialised by
+        the training lock (train/pipeline.py), so this check is enough.
+        """
         self.path(version)  # must exist
         try:
             previous = self.current()
         except RegistryError:  # an unreadable `current` is what a rollback repairs
             previous = None
+        if expected is not ANY and previous != expected:
+            raise lost_race(version, expected, previous, str(self.current_file))
         tmp = self.root / f".current.{os.getpid()}.tmp"
         tmp.write_text(version + "\n")
         with tmp.open("rb") as f:
@@ -179,43 +283,28 @@ class Registry:
         self._append_history(action, previous, version, reason)
         return previous
 
-    def rollback(self, to: str | None = None, reason: str = "") -> tuple[str | None, str]:
-        """Re-point `current` to `to`, or to the version deployed before the current one."""
-        try:
-            now = self.current()
-        except RegistryError:
-            if to is None:
-                raise
-            now = None
-        if to is None:
-            to = self._previous_deployed(now)
-            if to is None:
-                raise RegistryError("nothing to roll back to: no earlier deployed version in history.csv "
-                                    "(use `make rollback TO=<version>`)")
-        if to == now:
-            raise RegistryError(f"{to} is already current")
-        self.set_current(to, "rollback", reason or "manual rollback")
-        return now, to
+    def artifact_bytes(self, version: str) -> int | None:
+        """Size of model.joblib (the audit's profile), None when it is not there."""
+        artifact = self.versions_dir / version / "model.joblib"
+        return artifact.stat().st_size if artifact.is_file() else None
 
-    def deployed(self) -> list[str]:
-        """Versions history.csv says were deployed (promoted or rolled back to), newest first, once each."""
-        try:
-            rows = self.history()
-        except (OSError, UnicodeDecodeError, csv.Error):
-            return []
-        seen: list[str] = []
-        for row in reversed(rows):
-            version = row.get("to_version") or ""
-            if VERSION_RE.match(version) and version not in seen:
-                seen.append(version)
-        return seen
+    # -- reports: monitoring/quality.py writes them into reports_dir, the server reads latest.json --
+    def publish_reports(self, names: list[str]) -> None:
+        """Nothing to do: reports_dir is the registry's own folder."""
 
-    def _previous_deployed(self, now: str | None) -> str | None:
-        # Walk the history backwards: the version that was current before `now` became current.
-        for row in reversed(self.history()):
-            if row["to_version"] == now and row["from_version"]:
-                return row["from_version"]
-        return None
+    def fetch_report(self, name: str) -> Path:
+        return self.reports_dir / name
+
+    def read_report(self, name: str, stamp: object = None) -> tuple[object, bytes] | None:
+        """((mtime, size), bytes) of reports_dir/<name> when it changed since `stamp`; None when
+        unchanged or missing (one stat when unchanged)."""
+        path = self.reports_dir / name
+        try:
+            st = path.stat()
+            new = (st.st_mtime, st.st_size)
+            return None if new == stamp else (new, path.read_bytes())
+        except OSError:
+            return None
 
     def _append_history(self, action: str, previous: str | None, version: str, reason: str) -> None:
         new = not self.history_file.exists()

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ab.config import ConfigError, load_experiment
 from monitoring.environment import server_environment
-from registry.store import Registry
+from registry import open_registry
+from registry.store import RegistryError
 from stack.settings import get_settings
 
 CONFIG = Path(__file__).with_name("gunicorn.conf.py")
@@ -43,7 +44,12 @@ def main() -> int:
               f"(`make down`) or choose another with PORT=...", file=sys.stderr)
         return 2
     try:
-        load_experiment(settings.ab_config, available=Registry(settings.model_dir).versions())
+        available = open_registry(settings.model_dir).versions()
+    except RegistryError as exc:  # e.g. the object store is down: workers start, poll it and say so in /ready
+        print(f"serve: model registry {settings.model_dir}: {exc}; starting anyway", file=sys.stderr)
+        available = None
+    try:
+        load_experiment(settings.ab_config, available=available)
     except ConfigError as exc:  # the server still starts: /ready answers 503 with this reason until it is fixed
         print(f"serve: A/B config {settings.ab_config} refused: {exc}; /ready answers 503 until it is fixed",
               file=sys.stderr)

@@ -21,8 +21,8 @@ from fastapi.responses import Response
 from ab.exposures import ExposureWriter
 from features.spec import SPEC
 from monitoring.predictions import PredictionLogWriter
-from monitoring.realized import RealizedExport, latest_path
-from registry.store import Registry
+from monitoring.realized import RealizedExport
+from registry import open_registry
 from serve.errors import RequestError
 from serve.middleware import Observability
 from serve.models import ModelStore
@@ -39,7 +39,7 @@ log = logging.getLogger("serve.app")
 def create_app(settings: Settings, *, store: ModelStore | None = None, exposures: ExposureWriter | None = None,
                online: OnlineFeatures | None = None, predictions: PredictionLogWriter | None = None) -> FastAPI:
     """The app; collaborators default to the ones `settings` describes (tests pass their own)."""
-    store = store or ModelStore(Registry(settings.model_dir), settings.ab_config)
+    store = store or ModelStore(open_registry(settings.model_dir), settings.ab_config)
     reloads = ReloadRequests(settings.prometheus_multiproc_dir)
     exposures = exposures or ExposureWriter.from_settings(settings)
     online = online or OnlineFeatures(settings.database_url)
@@ -48,7 +48,7 @@ def create_app(settings: Settings, *, store: ModelStore | None = None, exposures
     shadow = Shadow(store.registry, settings.ab_config, predictions)  # `shadow:` in the A/B config
     predictor = Predictor(store, exposures, online, settings.max_batch_rows, predictions=predictions,
                           shadow=shadow)
-    realized = RealizedExport(latest_path(settings.model_dir))  # model_realized_* from the quality job
+    realized = RealizedExport.of(store.registry)  # model_realized_* from the quality job
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,7 +95,7 @@ def worker_app() -> FastAPI:
     from stack.settings import get_settings
 
     settings = get_settings()
-    store = ModelStore(Registry(settings.model_dir), settings.ab_config)
+    store = ModelStore(open_registry(settings.model_dir), settings.ab_config)
     try:  # load before the worker listens (serve/worker.py opens its socket after this returns)
         store.refresh()
     except Exception:

@@ -276,15 +276,14 @@ def mapped_mb(pid: int, path: Path) -> float:
     return kb / 1024
 
 
-def ensure_model(workdir: Path) -> tuple[Path, str]:
+def ensure_model(workdir: Path) -> tuple[Path | str, str]:
     """MODEL_DIR's model and DATABASE_URL; else a small model trained in workdir (on DATABASE_URL when
     it is set, else on the default demo data seeded into workdir: 20k entities for the by-id figure)."""
-    from registry.store import Registry
+    from registry import open_registry
     from stack.settings import get_settings
 
-    registry = Registry(get_settings().model_dir)
-    if registry.current():
-        return registry.root, get_settings().database_url
+    if open_registry(get_settings().model_dir).current():
+        return get_settings().model_dir, get_settings().database_url
     given = bool(os.environ.get("DATABASE_URL"))  # the user's database: train on it, never seed it
     url = get_settings().database_url if given else f"sqlite:///{workdir / 'app.db'}"
     env = {**os.environ, "DATABASE_URL": url, "MODEL_DIR": str(workdir / "models"),
@@ -333,11 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("wrk"):
         print("bench: wrk not found; run `make system-deps` (Debian package wrk)", file=sys.stderr)
         return 2
-    from registry.store import Registry
+    from registry import open_registry
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     model_dir, db_url = ensure_model(work)
-    registry = Registry(model_dir)
+    registry = open_registry(model_dir)
     version = registry.current()
     everything = os.sched_getaffinity(0)
     placement = (f"server on CPUs {format_cpus(server_cpus or everything)}, "

@@ -19,7 +19,7 @@ from features.schema import schema_fingerprint
 from monitoring import metrics as prom
 from registry.meta import SELF_CHECK_TOLERANCE, ModelMeta
 from registry.models import Model, self_check_problem
-from registry.store import Registry, RegistryError
+from registry.store import Registry, RegistryError, RegistryUnavailable
 
 log = logging.getLogger("serve.models")
 
@@ -61,6 +61,8 @@ def load_model(registry: Registry, version: str, codec: Codec) -> LoadedModel:
     """Load `version`, refuse it if this server cannot serve it faithfully, self-check it."""
     try:
         model, meta = registry.load(version)
+    except RegistryUnavailable:
+        raise  # the store did not answer: nothing is wrong with the version, try again next poll
     except RegistryError as exc:
         raise ModelLoadError(str(exc)) from None
     mismatched = meta.library_mismatches()
@@ -115,7 +117,21 @@ class ModelStore:
         self._config_stamp: tuple[float, int] | None | str = "unread"
         self._config_ever_loaded = False  # a refused config at a fresh start serves nothing (readiness says why)
         self._experiment: Experiment | None = None
+        self.unreachable: str | None = None  # why the registry's store did not answer on the last poll
         self._lock = threading.Lock()
+
+    def _unreachable(self, exc: RegistryUnavailable) -> None:
+        """The store did not answer: count it, log the first of an outage, keep serving what we have."""
+        prom.MODEL_REGISTRY_ERRORS.inc()
+        if self.unreachable is None:
+            serving = self.state.current.version if self.state.current else "nothing"
+            log.error("model registry unreachable; still serving %s, retrying every poll: %s", serving, exc)
+        self.unreachable = str(exc)
+
+    def _reachable(self) -> None:
+        if self.unreachable is not None:
+            log.warning("model registry reachable again (was: %s)", self.unreachable)
+            self.unreachable = None
 
     def _refuse(self, name: str, reason: str) -> None:
         """Record a refusal: counted and logged once per distinct reason, listed under `refused`."""
@@ -140,7 +156,12 @@ class ModelStore:
         if stamp == self._config_stamp and not force:
             return self._experiment
         try:
-            experiment = load_experiment(path, available=self.registry.versions())
+            available = self.registry.versions()
+        except RegistryUnavailable as exc:  # read the config again on the next poll
+            self._unreachable(exc)
+            return self._experiment
+        try:
+            experiment = load_experiment(path, available=available)
         except Exception as exc:  # ConfigError, or anything a malformed file raises: never stop the poll
             reason = str(exc) if isinstance(exc, ConfigError) else f"{path}: {type(exc).__name__}: {exc}"
             if self.config_error != reason:
@@ -177,9 +198,13 @@ class ModelStore:
         """The version `current` names; on an unreadable file, the one being served (or None)."""
         try:
             wanted = self.registry.current()
+        except RegistryUnavailable as exc:  # not a refusal: nothing is known to be wrong with `current`
+            self._unreachable(exc)
+            return self.state.current.version if self.state.current else None
         except RegistryError as exc:
             self._refuse(CURRENT_FILE, str(exc))
             return self.state.current.version if self.state.current else None
+        self._reachable()
         self.failed.pop(CURRENT_FILE, None)
         return wanted
 
@@ -188,6 +213,9 @@ class ModelStore:
             return None
         try:
             loaded = load_model(self.registry, name, self.codec)
+        except RegistryUnavailable as exc:  # not recorded in `failed`: the next poll tries it again
+            self._unreachable(exc)
+            return None
         except ModelLoadError as exc:
             self._refuse(name, str(exc))
             return None

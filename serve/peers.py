@@ -190,13 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     venvs = {peer: ensure_venv(args.peers_dir, peer) for peer in args.only}
 
     from features.codec import CODEC
-    from registry.store import Registry
+    from registry import open_registry
 
     work = Path(tempfile.mkdtemp(prefix="peers-"))
     targets: list[Target] = []
     try:
         model_dir, db_url = ensure_model(work)
-        registry = Registry(model_dir)
+        registry = open_registry(model_dir)
         version = registry.current()
         model, meta = registry.load(version)
         features = meta.self_check[0].features

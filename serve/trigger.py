@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ab.config import CURRENT, ConfigError, load_experiment
+from registry import open_registry
 from registry.store import Registry, RegistryError
 from stack.findings import SECTION, Finding, parse_time, plural, shown, verdict
 
@@ -52,9 +53,13 @@ def _cadence_class(per_month: float) -> str:
     return "daily"
 
 
-def audit_serving(model_dir: Path, ab_config: Path, now: datetime) -> Finding:
+def _shown(where: Path | str) -> str:
+    return shown(where) if isinstance(where, Path) else where  # an s3:// URL is shown as it is
+
+
+def audit_serving(model_dir: Path | str, ab_config: Path, now: datetime) -> Finding:
     """Models in service (current + A/B variants), grouped by resource needs and release cadence."""
-    registry = Registry(model_dir)
+    registry = open_registry(model_dir)
     in_service, problems = models_in_service(registry, ab_config)
 
     def model_type(version: str) -> str | None:
@@ -79,10 +84,9 @@ def audit_serving(model_dir: Path, ab_config: Path, now: datetime) -> Finding:
     for version, where in in_service.items():
         family = model_type(version)
         if family is None:
-            problems.append(f"{version} ({where}) is not in {shown(registry.versions_dir)}")
+            problems.append(f"{version} ({where}) is not in {_shown(registry.versions_dir)}")
             continue
-        artifact = registry.versions_dir / version / "model.joblib"
-        size = artifact.stat().st_size if artifact.is_file() else None
+        size = registry.artifact_bytes(version)
         cadence = round(per_family.get(family, 0) / months, 1)
         profile = (family, _size_class(size), _cadence_class(cadence))
         profiles.add(profile)
@@ -93,7 +97,7 @@ def audit_serving(model_dir: Path, ab_config: Path, now: datetime) -> Finding:
     listing = "; ".join(f"{a}, {b}, released {c}" for a, b, c in sorted(profiles)) or "nothing deployed"
     how = (f"models in service = `current` plus every version the A/B config ({shown(ab_config)}) pins; "
            f"each is profiled by its model_type (meta.json), artifact size (model.joblib) and its "
-           f"family's release cadence (promotions per month in {shown(registry.history_file)}); "
+           f"family's release cadence (promotions per month in {_shown(registry.history_file)}); "
            f"the value is the number of distinct profiles: {listing}")
     if problems:
         how += ". Problems: " + "; ".join(problems)

@@ -28,7 +28,7 @@ import yaml
 from deploy.trigger import audit_kubernetes
 from experiments.trigger import audit_experiments
 from features.trigger import Parity, audit_feature_store, parity_check
-from registry.store import Registry
+from registry import open_registry, parse_model_dir
 from serve.trigger import audit_serving, models_in_service
 from stack.findings import NOW, Finding
 from train.trigger import audit_orchestration
@@ -65,7 +65,7 @@ def table(findings: Iterable[Finding], width: int = 100) -> str:
     return "\n".join(lines)
 
 
-def audit(model_dir: Path, runs: Path, compose: Path, ab_config: Path, pipeline: Path,
+def audit(model_dir: Path | str, runs: Path, compose: Path, ab_config: Path, pipeline: Path,
           owners: Path, consumers: Path, database_url: str | None,
           progress: Callable[[str], None] | None = None, now: datetime | None = None) -> list[Finding]:
     """Every component's trigger, measured by the component; database_url None skips the parity
@@ -73,7 +73,7 @@ def audit(model_dir: Path, runs: Path, compose: Path, ab_config: Path, pipeline:
     now = now or datetime.now(UTC)
     parity = (parity_check(database_url, progress=progress) if database_url
               else Parity("unknown", reason="parity check skipped"))
-    in_service, _ = models_in_service(Registry(model_dir), ab_config)  # problems: the serving finding says them
+    in_service, _ = models_in_service(open_registry(model_dir), ab_config)  # problems: the serving finding says them
     return [
         audit_serving(model_dir, ab_config, now),
         audit_feature_store(model_dir, in_service, consumers, parity),
@@ -83,13 +83,21 @@ def audit(model_dir: Path, runs: Path, compose: Path, ab_config: Path, pipeline:
     ]
 
 
+def _model_dir(value: str) -> Path | str:
+    try:
+        return parse_model_dir(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     lines = __doc__.splitlines()
     p = argparse.ArgumentParser(prog="python -m stack.audit", description=lines[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(lines[5:]))
     p.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
-    p.add_argument("--model-dir", type=Path, help="the registry (default: MODEL_DIR)")
+    p.add_argument("--model-dir", type=_model_dir, help="the registry: a folder or s3://bucket/prefix "
+                   "(default: MODEL_DIR)")
     p.add_argument("--runs", type=Path, help="the experiment log (default: EXPERIMENTS_LOG)")
     p.add_argument("--compose", type=Path, help=f"default: {DEFAULT_COMPOSE.relative_to(ROOT)}")
     p.add_argument("--ab-config", type=Path, help="the A/B experiment config (default: AB_CONFIG)")
@@ -107,6 +115,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          ("ab_config", "file"), ("pipeline", "file"), ("owners", "file"),
                          ("consumers", "file")):
         path = getattr(args, option)
+        if isinstance(path, str):  # an s3:// registry: the registry itself says when it is not there
+            continue
         if path is not None and not (path.is_dir() if kind == "dir" else path.is_file()):
             p.error(f"--{option.replace('_', '-')} {path}: no such {'directory' if kind == 'dir' else 'file'}")
     return args

@@ -23,7 +23,9 @@ class Settings(BaseSettings):
 
     environment: str = Field("development", description="development | production")
     database_url: str = "sqlite:///var/app.db"
-    model_dir: Path = Path("var/models")
+    # a folder, or s3://bucket/prefix (registry/objectstore.py); a Path would mangle s3:// into s3:/
+    model_dir: Path | str = Path("var/models")
+    model_cache_dir: Path = Path("var/model-cache")  # where an s3:// registry's versions are downloaded
     experiments_log: Path = Path("experiments/runs.csv")
     ab_config: Path = Path("ab/experiment.yml")
     admin_token: str | None = None
@@ -53,6 +55,15 @@ class Settings(BaseSettings):
         if scheme == "postgresql":  # plain postgresql:// would pick psycopg2, which we do not ship
             value = "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
+
+    @field_validator("model_dir", mode="before")
+    @classmethod
+    def _model_dir(cls, value: object) -> Path | str:
+        from registry import parse_model_dir  # light: boto3 loads only when an s3:// registry opens
+
+        if not isinstance(value, str | Path):
+            raise ValueError(f"expected a folder or s3://bucket/prefix, got {type(value).__name__}")
+        return parse_model_dir(value)
 
     @field_validator("environment")
     @classmethod

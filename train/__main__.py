@@ -15,7 +15,8 @@ import sys
 from features.build import EmptyDataError, FeatureSQLError
 from features.db import DatabaseError, check_connection, make_engine
 from features.spec import SPEC
-from registry.store import Registry, RegistryError
+from registry import open_registry
+from registry.store import RegistryError
 from stack.settings import get_settings
 from train.pipeline import MODEL_TYPES, TrainConfig, TrainError, TrainingBusy, params_from_cli, run
 
@@ -43,11 +44,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = get_settings()
-    registry = Registry(settings.model_dir)
-    if args.if_missing and registry.current():
-        print(f"train: {registry.current()} is deployed; nothing to do (--if-missing)")
-        return 0
     try:
+        registry = open_registry(settings.model_dir)
+        if args.if_missing and registry.current():
+            print(f"train: {registry.current()} is deployed; nothing to do (--if-missing)")
+            return 0
         config = TrainConfig(
             model_type=args.model, params=params_from_cli(args.param), as_of_count=args.as_of_count,
             tolerance=args.tolerance, notes=args.notes, deploy=not args.no_deploy, force=args.force,

@@ -300,6 +300,7 @@ def _run(engine: Engine | None, registry: Registry, experiments_log: Path, confi
     model = step("fit", fit, train, config.model_type, params)
     challenger_metrics, holdout_scores = step("evaluate", evaluate, model, holdout)
     progress("[evaluate] " + "  ".join(f"{k}={challenger_metrics[k]:.4f}" for k in METRICS))
+    champion = registry.current()  # what the gate compares with: deploy only if it is still current then
     decision = step("gate", gate, registry, model, challenger_metrics, holdout, config.tolerance)
     if config.force and not decision.promote:
         decision = Decision(True, f"forced ({config.reason}); gate said: {decision.reason}", decision.champion_metrics)
@@ -342,9 +343,14 @@ def _run(engine: Engine | None, registry: Registry, experiments_log: Path, confi
     verify_self_check(reloaded, stored.self_check)
     progress(f"[save] {registry.path(version)}")
 
+    lost: RegistryError | None = None
     if decision.promote:
-        step("deploy", registry.set_current, version, "promote", decision.reason)
-        progress(f"[deploy] current -> {version}")
+        try:  # a compare-and-swap: another run that deployed since the gate read `current` wins
+            step("deploy", registry.set_current, version, "promote", decision.reason, champion)
+            progress(f"[deploy] current -> {version}")
+        except RegistryError as exc:
+            lost, decision = exc, Decision(False, f"not deployed: {exc}", decision.champion_metrics)
+            progress(f"[deploy] {exc}")
     timings["total"] = time.perf_counter() - t_run
     step("log", append_run, experiments_log, {
         "started_at": started.isoformat(timespec="seconds"), "run_id": version, "git_commit": commit,
@@ -359,6 +365,8 @@ def _run(engine: Engine | None, registry: Registry, experiments_log: Path, confi
     progress(f"[log] appended to {experiments_log}")
     progress("timings: " + "  ".join(f"{k}={v:.1f}s" for k, v in timings.items() if k != "total")
              + f"  total={timings['total']:.1f}s")
+    if lost is not None:  # logged as not promoted; the caller hears who won
+        raise lost
     return RunResult(version, challenger_metrics, decision.promote, decision.reason,
                      decision.champion_metrics, timings)
 

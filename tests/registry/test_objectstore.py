@@ -1,0 +1,253 @@
+"""The registry on S3 (registry/objectstore.py) against a real S3 API: moto's server in its own process.
+
+Writers that are killed, promotions that race in two processes, a store that hangs, objects that
+are corrupted: each leaves nothing half-done, and each error names what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from registry import open_registry
+from registry.objectstore import ObjectRegistry
+from registry.store import RegistryError, RegistryUnavailable, file_sha256
+from stack.settings import Settings
+from tests.conftest import ROOT, free_port
+
+WRITER = [sys.executable, "-m", "tests.registry.writer"]
+
+
+def filled(url: str, cache, versions) -> ObjectRegistry:
+    """An s3 registry holding the trained versions (not deployed)."""
+    registry = open_registry(url, cache)
+    for model, meta in versions:
+        registry.write(model, meta)
+    return registry
+
+
+def keys(s3, url: str) -> list[str]:
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    return [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+
+def test_model_dir_picks_the_backend_and_refuses_bad_urls(tmp_path, s3_env):
+    assert type(open_registry(tmp_path)).__name__ == "Registry"
+    assert Settings(model_dir="s3://my-bucket/models/").model_dir == "s3://my-bucket/models"  # not s3:/my-bucket
+    assert isinstance(open_registry(s3_env.bucket(), tmp_path), ObjectRegistry)
+    for bad, says in (("s3://", "names no bucket"), ("s3:///models", "names no bucket"),
+                      ("gs://bucket/models", "scheme 'gs' is not supported"),
+                      ("s3://Bad_Bucket/x", "is not an S3 bucket name")):
+        with pytest.raises(ValueError, match=says):
+            Settings(model_dir=bad)
+    missing = open_registry("s3://no-such-bucket-here/models", tmp_path)
+    with pytest.raises(RegistryError, match="bucket 'no-such-bucket-here' does not exist"):
+        missing.versions()
+
+
+def test_versions_promotion_history_and_rollback(tmp_path, s3_env, versions):
+    url = s3_env.bucket()
+    registry = filled(url, tmp_path / "cache", versions)
+    v1, v2 = (meta.version for _, meta in versions)
+    assert registry.versions() == [v1, v2] and registry.current() is None and registry.history() == []
+    meta = registry.meta(v1)
+    assert meta.model_sha256 == file_sha256(registry.local_model(v1))  # written at write time
+
+    assert registry.set_current(v1, "promote", "first") is None
+    assert registry.set_current(v2, "promote", "better", expected=v1) == v1
+    # another process (a fresh cache) reads the same registry
+    other = open_registry(url, tmp_path / "other-cache")
+    assert other.current() == v2
+    model, meta2 = other.load(v2)
+    assert meta2.version == v2 and model.feature_names == versions[1][0].feature_names
+    assert [(r["action"], r["from_version"], r["to_version"]) for r in other.history()] == \
+        [("promote", "", v1), ("promote", v1, v2)]
+
+    # python -m registry against s3://, as `make rollback` runs it
+    env = {**s3_env.env, "MODEL_DIR": url, "MODEL_CACHE_DIR": str(tmp_path / "cli-cache"), "PATH": "/usr/bin:/bin"}
+    listing = subprocess.run([sys.executable, "-m", "registry", "list"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert f"* {v2}" in listing.stdout and f"  {v1}" in listing.stdout
+    back = subprocess.run([sys.executable, "-m", "registry", "rollback", "--reason", "bad night"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert back.returncode == 0, back.stderr
+    assert f"current {v2} -> {v1}" in back.stdout
+    assert other.current() == v1
+    rows = other.history()
+    assert (rows[-1]["action"], rows[-1]["from_version"], rows[-1]["to_version"], rows[-1]["reason"]) == \
+        ("rollback", v2, v1, "bad night")
+    assert other.deployed() == [v1, v2]
+    with pytest.raises(RegistryError, match=f"{v1} is already current"):
+        other.rollback(v1)
+    # a stale champion is a lost race, named, and nothing changes
+    with pytest.raises(RegistryError, match=f"now names {v1}, not {v2}"):
+        other.set_current(v2, "promote", "stale gate", expected=v2)
+    assert other.current() == v1 and len(other.history()) == 3
+
+
+def test_poll_is_one_conditional_get(tmp_path, s3_env, versions):
+    registry = filled(s3_env.bucket(), tmp_path, versions[:1])
+    v1 = versions[0][1].version
+    registry.set_current(v1, "promote", "first")
+    sent: list[tuple[str, str, dict]] = []
+    answered: list[int] = []
+    registry._poll.meta.events.register("before-send.s3", lambda request, **_: sent.append(
+        (request.method, request.url, dict(request.headers))))
+    registry._poll.meta.events.register("after-call.s3", lambda http_response, **_: answered.append(
+        http_response.status_code))
+    t0 = time.perf_counter()
+    polls = [registry.current() for _ in range(20)]
+    per_poll = (time.perf_counter() - t0) / 20
+    assert polls == [v1] * 20
+    assert len(sent) == 20 and all(method == "GET" and url.endswith("/models/current") for method, url, _ in sent)
+    assert all("If-None-Match" in headers for _, _, headers in sent[1:])  # the first one has no ETag yet
+    assert answered[1:] == [304] * 19  # unchanged: no body
+    print(f"poll of an unchanged `current`: {per_poll * 1000:.1f} ms, one GET answered 304")
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.mark.parametrize("mode", ["sleep", "big"])
+def test_a_writer_killed_midway_leaves_nothing_visible(tmp_path, s3_env, small_models, mode):
+    source, v1, _ = small_models
+    url = s3_env.bucket()
+    registry = open_registry(url, tmp_path / "cache")
+    new = v1[:-6] + "abcdef"
+    writer = subprocess.Popen([*WRITER, "write", url, str(tmp_path / "w"), str(source.root), v1, new, mode],
+                              cwd=ROOT, env={**s3_env.env, "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        bucket = url.removeprefix("s3://").split("/")[0]
+        if mode == "sleep":  # model.joblib is uploaded, the writer is between files
+            assert writer.stdout.readline().strip() == "in extra", writer.stderr.read()
+            assert f"models/versions/{new}/model.joblib" in keys(s3_env, url)
+        else:  # the 40 MB file is in the middle of its multipart upload
+            _wait_for(lambda: s3_env.client().list_multipart_uploads(Bucket=bucket).get("Uploads"), 30,
+                      "the multipart upload of big.bin to start")
+        writer.kill()
+        writer.wait(10)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert writer.returncode == -9
+    assert f"models/versions/{new}/meta.json" not in keys(s3_env, url)
+    assert f"models/versions/{new}/big.bin" not in keys(s3_env, url)
+    assert registry.versions() == []
+    with pytest.raises(RegistryError, match=f"model version {new} not found"):
+        registry.set_current(new, "promote", "half written")
+    with pytest.raises(RegistryError, match=f"model version {new} not found"):
+        registry.load(new)
+    assert registry.current() is None
+
+
+def test_two_processes_promoting_at_once_exactly_one_wins(tmp_path, s3_env, versions):
+    url = s3_env.bucket()
+    registry = filled(url, tmp_path / "cache", versions)
+    v1, v2 = (meta.version for _, meta in versions)
+    extra_model, extra_meta = versions[0]
+    v3 = v1[:-6] + "fedcba"
+    registry.write(extra_model, extra_meta.model_copy(update={"version": v3}))
+    registry.set_current(v1, "promote", "champion")
+    start_at = time.time() + 1.5  # both have imported and connected by then
+    racers = {v: subprocess.Popen([*WRITER, "promote", url, str(tmp_path / f"c-{v}"), v, v1, str(start_at)],
+                                  cwd=ROOT, env={**s3_env.env, "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for v in (v2, v3)}
+    out = {v: p.communicate(timeout=30) for v, p in racers.items()}
+    said = {v: o.strip().splitlines()[-1] if o.strip() else e for v, (o, e) in out.items()}
+    winners = [v for v, line in said.items() if line == "won"]
+    assert len(winners) == 1, said
+    winner, loser = winners[0], ({v2, v3} - set(winners)).pop()
+    assert said[loser].startswith("lost: ") and f"another writer deployed {winner}" in said[loser], said[loser]
+    assert f"{loser} is saved but was not deployed" in said[loser]
+    assert registry.current() == winner
+    rows = registry.history()
+    assert [(r["from_version"], r["to_version"]) for r in rows] == [("", v1), (v1, winner)]  # nothing half-promoted
+
+
+def test_a_corrupted_object_is_refused_naming_both_digests(tmp_path, s3_env, versions):
+    url = s3_env.bucket()
+    registry = filled(url, tmp_path / "writer-cache", versions[:1])
+    v1 = versions[0][1].version
+    expected = registry.meta(v1).model_sha256
+    bucket = url.removeprefix("s3://").split("/")[0]
+    body = bytearray(s3_env.client().get_object(Bucket=bucket, Key=f"models/versions/{v1}/model.joblib")["Body"].read())
+    body[len(body) // 2] ^= 0xFF  # one flipped byte: joblib might even load it
+    s3_env.client().put_object(Bucket=bucket, Key=f"models/versions/{v1}/model.joblib", Body=bytes(body))
+    import hashlib
+
+    actual = hashlib.sha256(bytes(body)).hexdigest()
+    reader = open_registry(url, tmp_path / "reader-cache")
+    with pytest.raises(RegistryError) as refused:
+        reader.load(v1)
+    message = str(refused.value)
+    assert v1 in message and f"expected {expected}" in message and f"got {actual}" in message
+    assert not reader._cached(v1, "model.joblib").exists()  # the bad download never entered the cache
+    # a corrupted cached copy is not trusted: it is fetched again (here the good bytes are back)
+    good = versions[0][0]
+    s3_env.client().put_object(Bucket=bucket, Key=f"models/versions/{v1}/model.joblib",
+                               Body=registry.local_model(v1).read_bytes())
+    reader.load(v1)
+    cached = reader._cached(v1, "model.joblib")
+    cached.write_bytes(b"not a model")
+    model, _ = reader.load(v1)
+    assert model.feature_names == good.feature_names and file_sha256(cached) == expected
+
+
+def test_an_unreachable_store_fails_fast_and_says_so(tmp_path, s3_env, versions, monkeypatch):
+    from tests.registry.conftest import start_s3
+
+    # nothing listening: refused at once
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    dead = open_registry("s3://some-bucket/models", tmp_path)
+    t0 = time.perf_counter()
+    with pytest.raises(RegistryUnavailable, match="unreachable on GET s3://some-bucket/models/current"):
+        dead.current()
+    assert time.perf_counter() - t0 < 2.0
+    # a store that hangs (SIGSTOP): the poll gives up after its read timeout, then works again
+    server = start_s3(tmp_path / "s3.log")
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        url = server.bucket()
+        registry = filled(url, tmp_path / "cache", versions[:1])
+        registry.set_current(versions[0][1].version, "promote", "first")
+        assert registry.current() == versions[0][1].version
+        server.pause()
+        t0 = time.perf_counter()
+        with pytest.raises(RegistryUnavailable, match="timeout|Timeout"):
+            registry.current()
+        hung = time.perf_counter() - t0
+        assert hung < 3.0, f"a poll of a hung store took {hung:.1f}s"
+        server.resume()
+        assert registry.current() == versions[0][1].version
+        print(f"poll of a hung store gave up after {hung:.2f}s")
+    finally:
+        server.stop()
+
+
+def test_quality_reports_go_through_the_registry(tmp_path, s3_env):
+    from monitoring.realized import RealizedExport
+
+    url = s3_env.bucket()
+    writer = open_registry(url, tmp_path / "job")
+    writer.reports_dir.mkdir(parents=True)
+    (writer.reports_dir / "latest.json").write_text(json.dumps({"models": [
+        {"model_version": "20260101T000000Z-abcdef", "kind": "served", "roc_auc": 0.71}]}))
+    writer.publish_reports(["latest.json"])
+    export = RealizedExport.of(open_registry(url, tmp_path / "server"))
+    assert export.refresh() is True  # read and exported
+    export._next = 0.0
+    assert export.refresh() is False  # unchanged: a 304
+    assert json.loads(open_registry(url, tmp_path / "other").fetch_report("latest.json").read_text())["models"]
