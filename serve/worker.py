@@ -60,7 +60,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes of earlier chunks that ended inside the head
+        self._parsed_head = 0  # request line + headers parsed so far in this chunk and earlier ones
         self._fields = 0
         self._refusing = False
         self._read_timer: asyncio.TimerHandle | None = None
@@ -127,8 +128,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._refusing:
             return
         self._unset_keepalive_if_required()
-        if self._in_head:
-            self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -140,15 +139,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:
             if self._refusing:
                 return
-            if self._head_bytes > self.limit_request_head or self._fields > self.limit_request_fields:
+            if self._too_large():
                 self._refuse(431, headers_too_large(self.limit_request_head, self.limit_request_fields))
                 return
             msg = "Invalid HTTP request received."
             self.logger.warning(msg)
             self.send_400_response(msg)
             return
-        if self._in_head and self._head_bytes > self.limit_request_head:
-            self._refuse(431, headers_too_large(self.limit_request_head, self.limit_request_fields))
+        # A chunk that ends inside the head counts whole: a header that never ends grows here. A chunk
+        # in which the head ends does not (its rest is body): its head was counted header by header.
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limit_request_head:
+                self._refuse(431, headers_too_large(self.limit_request_head, self.limit_request_fields))
+
+    def _too_large(self) -> bool:
+        return (self._head_bytes > self.limit_request_head or self._parsed_head > self.limit_request_head
+                or self._fields > self.limit_request_fields)
 
     def shutdown(self) -> None:
         self._shutting_down = True
@@ -159,18 +166,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._fields, self._body_bytes = True, 0, 0
+        self._in_head, self._fields, self._body_bytes, self._parsed_head = True, 0, 0, 0
         if self._read_timer is None:
             self._arm(self.header_timeout)
 
     def on_url(self, url: bytes) -> None:
-        if self._head_bytes > self.limit_request_head:
+        self._parsed_head += len(url) + 16  # method, version, spaces, CRLF
+        if self._too_large():
             raise _HeadTooLarge
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
-        if self._fields > self.limit_request_fields or self._head_bytes > self.limit_request_head:
+        self._parsed_head += len(name) + len(value) + 4  # ": " and CRLF
+        if self._too_large():
             raise _HeadTooLarge
         super().on_header(name, value)
 
