@@ -51,11 +51,34 @@ def test_a_date_that_never_comes_is_an_error_not_a_hang() -> None:
         schedule.parse_line("0 0 30 2 * x").next_run(at("2026-01-01T00:00"))
 
 
-def test_the_trainer_crontab_parses_and_runs_python_m_train_daily() -> None:
+def test_the_trainer_crontab_runs_the_quality_job_and_training_daily() -> None:
+    jobs = {job.command: job for job in schedule.read_crontab(ROOT / "train/crontab")}
+    assert sorted(jobs) == ["python -m monitoring.quality", "python -m train"]
+    quality, train = jobs["python -m monitoring.quality"], jobs["python -m train"]
+    first = train.next_run(at("2026-05-01T12:00"))
+    assert first == at("2026-05-02T03:00") and train.next_run(first) - first == timedelta(days=1)
+    measured = quality.next_run(at("2026-05-01T12:00"))
+    assert measured == at("2026-05-02T02:00") and quality.next_run(measured) - measured == timedelta(days=1)
+
+
+def test_a_long_run_of_one_crontab_job_does_not_skip_the_other() -> None:
+    # the scheduler skips a job whose minute passes while another runs: the jobs sit an hour apart
     jobs = schedule.read_crontab(ROOT / "train/crontab")
-    assert [job.command for job in jobs] == ["python -m train"]
-    first = jobs[0].next_run(at("2026-05-01T12:00"))
-    assert first == at("2026-05-02T03:00") and jobs[0].next_run(first) - first == timedelta(days=1)
+    clock = [at("2026-01-01T00:00:00")]
+    ran: list[tuple[str, datetime]] = []
+    took = {"python -m monitoring.quality": timedelta(minutes=50), "python -m train": timedelta(minutes=55)}
+
+    def sleep(seconds: float) -> None:
+        clock[0] += timedelta(seconds=seconds)
+
+    def execute(command: str) -> int:
+        ran.append((command, clock[0]))
+        clock[0] += took[command]
+        return 0
+
+    schedule.run_forever(jobs, now=lambda: clock[0], sleep=sleep, execute=execute, max_runs=4)
+    assert ran == [("python -m monitoring.quality", at("2026-01-01T02:00")), ("python -m train", at("2026-01-01T03:00")),
+                   ("python -m monitoring.quality", at("2026-01-02T02:00")), ("python -m train", at("2026-01-02T03:00"))]
 
 
 def test_loop_waits_for_the_due_minute_then_runs_jobs_one_after_another() -> None:
