@@ -18,7 +18,7 @@ SHAPE      ?= constant
 MIX        ?= realistic
 
 .PHONY: help install up down test-compose seed train serve test lint loadtest bench experiments ab-report ab-demo \
-        audit rollback clean system-deps capacity bench-peers
+        audit rollback clean system-deps capacity bench-peers chaos
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -93,6 +93,9 @@ bench: install system-deps ## serving benchmark: model calls, /health, /predict,
 
 bench-peers: install system-deps ## this server vs pinned MLServer and BentoML, same model and wrk (var/peers/)
 	$(PY) -m serve.peers $(ARGS)
+
+chaos: install ## a real server vs hostile clients, broken registries, sick databases, signals (var/chaos/report.md)
+	$(PY) -m serve.chaos $(ARGS)
 
 capacity: install system-deps ## on >= 4 cores: server pinned to 2, wrk + Locust on the rest (loadtest/pinned.sh)
 	PY=$(PY) loadtest/pinned.sh
