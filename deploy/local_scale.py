@@ -40,13 +40,14 @@ class ScaleError(SystemExit):
     """A problem the user can fix; the message says what and how."""
 
 
-def render_nginx_conf(listen_port: int, server_ports: list[int]) -> str:
-    """The local nginx config: listen on 127.0.0.1:listen_port, balance over server_ports."""
-    servers = "\n".join(
-        f"        server {HOST}:{port} max_fails=1 fail_timeout=10s;" for port in server_ports
+def render_nginx_conf(listen_port: int, servers: list[int | str]) -> str:
+    """The local nginx config: listen on 127.0.0.1:listen_port, balance over `servers`: ports on this
+    machine, or "address:port" of instances elsewhere."""
+    lines = "\n".join(
+        f"        server {s if isinstance(s, str) else f'{HOST}:{s}'} max_fails=1 fail_timeout=10s;" for s in servers
     )
     text = TEMPLATE.read_text()
-    return text.replace("{{listen}}", f"{HOST}:{listen_port}").replace("{{servers}}", servers)
+    return text.replace("{{listen}}", f"{HOST}:{listen_port}").replace("{{servers}}", lines)
 
 
 def find_nginx() -> str:
