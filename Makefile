@@ -17,8 +17,8 @@ DURATION   ?= 30s
 SHAPE      ?= constant
 MIX        ?= realistic
 
-.PHONY: help install up down test-compose seed train serve test lint loadtest bench experiments ab-report ab-demo \
-        audit rollback clean system-deps capacity bench-peers chaos
+.PHONY: help install up down test-compose test-hosts seed train serve test lint loadtest bench experiments ab-report ab-demo \
+        monitoring-demo audit rollback clean system-deps capacity bench-peers chaos
 
 help: ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ down: ## stop what `make up` started (compose: containers go, volumes stay)
 test-compose: install ## the container path for real: engine, Compose v2, stand-in base images, make up .. make down
 	$(PY) tests/compose/e2e.py
 
+test-hosts: install system-deps ## past one machine (root): trainer + 2 servers as network-namespace hosts, S3 registry, nginx
+	$(PY) tests/hosts/e2e.py
+
 seed: install ## load the demo data into DATABASE_URL (default var/app.db)
 	$(PY) -m features.demo $(ARGS)
 
@@ -80,6 +83,9 @@ ab-report: install ## analyse the running A/B experiment (writes var/ab/)
 
 ab-demo: install ## the whole A/B loop on the demo data, in about a minute
 	$(PY) -m ab.demo $(ARGS)
+
+monitoring-demo: install ## the monitoring loop: input drift, then a quality drop from delayed labels, alerting in a real Prometheus (a minute or two)
+	$(PY) -m monitoring.demo $(ARGS)
 
 audit: install ## is it time to add complexity? each trigger, measured
 	$(PY) -m stack.audit $(ARGS)
