@@ -366,7 +366,7 @@ def pick_shift(meta: Any, requested: str | None, rows: list[dict]) -> Shift:
     if present and all(float(v).is_integer() for v in present):
         span = float(max(1, round(span)))
     return Shift(requested, "numeric", span, None,
-                 f"{requested} + {span:g} (the width of its training bins): an upstream change the model never saw")
+                 f"{requested} + {span:.4g} (the width of its training bins): an upstream change the model never saw")
 
 
 def plant_outcomes(engine: Any, phase: Phase, seed: int) -> int:
