@@ -55,6 +55,8 @@ def check_key(value: Any, loc: Sequence[str | int] = ("user_id",), entity: Entit
     """An optional entity key in the key's type (spec.yml entity.type); 422 naming `loc` if not one."""
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer() and -(2**63) <= value < 2**63:
+        value = int(value)  # JSON Schema's integer: 331.0 is one (the OpenAPI document says integer)
     try:
         return entity.parse(value)
     except ValueError as exc:
