@@ -45,6 +45,8 @@ from features.db import redact
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"predict_rps": 3000, "predict_vs_health": 0.68, "p99_ms": 25, "batch_rows_s": 200_000,
            "rss_mb": 250, "ready_s": 5, "batch_vs_model": 0.7, "online_ms_sqlite": 0.3,
+           # the prediction log and the drift bins each take at most this share of /predict (issue: 5%)
+           "monitoring_cost": 0.05,
            # /predict/user req/s as a share of /predict req/s, same run
            "user_vs_predict": {"sqlite": 0.25, "postgresql": 0.15}}
 
@@ -59,7 +61,7 @@ def per_second(fn: Callable[[], object], seconds: float = 1.0) -> float:
     return n / elapsed
 
 
-def in_process(registry, version: str) -> dict[str, float]:
+def in_process(registry, version: str, db_url: str) -> dict[str, float]:
     """Single-row calls/s of each hot-path choice and of the obvious alternative."""
     import orjson
     import pandas as pd
@@ -96,6 +98,26 @@ def in_process(registry, version: str) -> dict[str, float]:
     out["batch of 1,000: parse (orjson), rows/s"] = 1000 * per_second(lambda: orjson.loads(batch_body), 0.5)
     out["batch of 1,000: validate+encode (matrix), rows/s"] = 1000 * per_second(lambda: codec.matrix(rows), 0.5)
     out["model only: 1,000-row batches, rows/s"] = 1000 * per_second(lambda: model.score(batch), 1.0)
+    out.update(monitoring_hooks(meta, encoded, db_url))
+    return out
+
+
+def monitoring_hooks(meta, encoded: list[float], db_url: str) -> dict[str, float]:
+    """Calls/s of what monitoring adds to a request: the drift bins' add and the prediction log's record
+    (its writer thread writing to the app database meanwhile, as in the server)."""
+    from monitoring.metrics import InputBins
+    from monitoring.predictions import PredictionLogWriter
+
+    out = {}
+    if meta.feature_baselines:
+        bins = InputBins(meta.version, meta.feature_baselines)
+        out["drift: buffer one served row (InputBins.add)"] = per_second(lambda: bins.add(encoded))
+    writer = PredictionLogWriter(db_url, flush_interval=0.2)
+    try:
+        out["prediction log: queue one row (record)"] = per_second(
+            lambda: writer.record("u1", meta.version, None, 0.5), 0.5)
+    finally:
+        writer.close(timeout=5)
     return out
 
 
@@ -352,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {min(server_cpus)})
     keys = entity_keys(db_url)
     try:
-        calls = in_process(registry, version)
+        calls = in_process(registry, version, db_url)
         online = online_in_process(db_url, keys)
     finally:
         os.sched_setaffinity(0, everything)
@@ -369,26 +391,35 @@ def main(argv: list[str] | None = None) -> int:
     figures["online_in_process"] = online
     figures["database"] = database
 
-    port = free_port()
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": str(args.workers),
-           "MODEL_DIR": str(model_dir), "DATABASE_URL": db_url, "PROMETHEUS_MULTIPROC_DIR": str(work / "prom"),
-           "AB_CONFIG": str(work / "none.yml")}
-    t0 = time.perf_counter()
-    server = subprocess.Popen(pinned([sys.executable, "-m", "serve"], server_cpus), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    def start(name: str, **extra: str) -> tuple[subprocess.Popen, str, float]:
+        port = free_port()
+        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": str(args.workers),
+               "MODEL_DIR": str(model_dir), "DATABASE_URL": db_url, "PROMETHEUS_MULTIPROC_DIR": str(work / name),
+               "AB_CONFIG": str(work / "none.yml"), **extra}
+        t0 = time.perf_counter()
+        process = subprocess.Popen(pinned([sys.executable, "-m", "serve"], server_cpus), env=env, cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        servers.append(process)
+        base = f"http://127.0.0.1:{port}"
         while True:
             try:
                 if urllib.request.urlopen(base + "/ready", timeout=1).status == 200:
-                    break
+                    return process, base, time.perf_counter() - t0
             except OSError:
                 pass
-            if time.perf_counter() - t0 > 120 or server.poll() is not None:
-                print("bench: the server did not become ready", file=sys.stderr)
-                return 1
+            if time.perf_counter() - t0 > 120 or process.poll() is not None:
+                raise RuntimeError(f"bench: the {name} server did not become ready")
             time.sleep(0.05)
-        ready_s = time.perf_counter() - t0
+
+    servers: list[subprocess.Popen] = []
+    try:
+        try:
+            server, base, ready_s = start("prom")
+            # the same server with the prediction log off: what logging costs, measured side by side
+            _, quiet, _ = start("prom-nolog", PREDICTION_LOG="false")
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 1
         meta = registry.meta(version)
         row = meta.self_check[0].features
         single = lua_post(work / "predict.lua", {"features": row})
@@ -396,17 +427,22 @@ def main(argv: list[str] | None = None) -> int:
         by_id = lua_user_ids(work / "user.lua", keys)
         wrk(base + "/health", 2, args.connections, **load)  # warm-up
         wrk(base + "/", 2, args.connections, by_id, **load)  # warm-up: every worker's pool and statement
-        runs: dict[str, list[dict[str, float]]] = {"health": [], "predict": [], "user": [], "batch": []}
+        wrk(quiet + "/", 2, args.connections, by_id, **load)
+        runs: dict[str, list[dict[str, float]]] = {"health": [], "predict": [], "user": [], "batch": [],
+                                                   "predict_nolog": [], "user_nolog": []}
         for _ in range(args.rounds):  # interleaved, so a slow spell of the host hits every figure alike
             runs["health"].append(wrk(base + "/health", args.seconds, args.connections, **load))
             runs["predict"].append(wrk(base + "/predict", args.seconds, args.connections, single, **load))
+            runs["predict_nolog"].append(wrk(quiet + "/predict", args.seconds, args.connections, single, **load))
             runs["user"].append(wrk(base + "/", args.seconds, args.connections, by_id, **load))
+            runs["user_nolog"].append(wrk(quiet + "/", args.seconds, args.connections, by_id, **load))
             runs["batch"].append(wrk(base + "/predict/batch", args.seconds, args.batch_connections, batch, **load))
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
         db_file = Path(make_url(db_url).database) if database == "sqlite" else None
         rss = [rss_mb(int(pid), db_file) for pid in children]
     finally:
-        stop_process(server, 30)
+        for process in servers:
+            stop_process(process, 30)
         shutil.rmtree(work, ignore_errors=True)
 
     health, predict, user, batches = (combine(runs[k]) for k in ("health", "predict", "user", "batch"))
@@ -421,7 +457,11 @@ def main(argv: list[str] | None = None) -> int:
           f"p99 {user['p99_ms']:.2f} ms  errors {user['errors']}  {spread(user)}  ({args.connections} connections, "
           f"{len(keys):,} ids at random, {database})")
     print(f"5. POST /predict/batch        {rows_s:>9,.0f} rows/s ({batches['rps']:.0f} batches of 1,000/s, "
-          f"p99 {batches['p99_ms']:.1f} ms)  {spread(batches)}  ({args.batch_connections} connections)")
+          f"p99 {batches['p99_ms']:.1f} ms)  errors {batches['errors']}  {spread(batches)}  "
+          f"({args.batch_connections} connections)")
+    nolog, user_nolog = combine(runs["predict_nolog"]), combine(runs["user_nolog"])
+    print(f"   the same server, PREDICTION_LOG=false: /predict {nolog['rps']:,.0f} req/s, /predict/user "
+          f"{user_nolog['rps']:,.0f} req/s  (errors {nolog['errors'] + user_nolog['errors']})")
     print(f"6. RSS per worker             {', '.join(f'{r:.0f} MB' for r in rss)}"
           f"{' (less the SQLite file map)' if database == 'sqlite' else ''};  ready in {ready_s:.1f} s")
     ratios = {
@@ -436,10 +476,21 @@ def main(argv: list[str] | None = None) -> int:
         "batch rows/s / single req/s": rows_s / predict["rps"],
         "HTTP batch rows/s / (model-only rows/s x workers)": rows_s
         / (calls["model only: 1,000-row batches, rows/s"] * args.workers),
+        # what the monitoring hooks cost: logging on vs off in the same run, round by round, and
+        # the in-process cost of each hook as a share of one worker's time per /predict
+        "/predict, prediction log on / off": statistics.median(
+            a["rps"] / b["rps"] for a, b in zip(runs["predict"], runs["predict_nolog"], strict=True)),
+        "/predict/user (every request logged), log on / off": statistics.median(
+            a["rps"] / b["rps"] for a, b in zip(runs["user"], runs["user_nolog"], strict=True)),
+        "prediction log record / one /predict, per worker": (predict["rps"] / args.workers)
+        / calls["prediction log: queue one row (record)"],
     }
+    if "drift: buffer one served row (InputBins.add)" in calls:
+        ratios["drift bins add / one /predict, per worker"] = (predict["rps"] / args.workers) / calls[
+            "drift: buffer one served row (InputBins.add)"]
     print("\nratios")
     for name, value in ratios.items():
-        print(f"   {name:52s} {value:8.2f}")
+        print(f"   {name:52s} {value:8.3f}")
     share = TARGETS["user_vs_predict"].get(database, TARGETS["user_vs_predict"]["postgresql"])
     checks = {
         f"/predict >= {TARGETS['predict_rps']} req/s": predict["rps"] >= TARGETS["predict_rps"],
@@ -453,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         f"batch >= {TARGETS['batch_rows_s']:,} rows/s": rows_s >= TARGETS["batch_rows_s"],
         f"RSS < {TARGETS['rss_mb']} MB per worker": all(r < TARGETS["rss_mb"] for r in rss),
         f"ready within {TARGETS['ready_s']} s": ready_s <= TARGETS["ready_s"],
+        f"prediction log costs /predict <= {TARGETS['monitoring_cost']:.0%}":
+            ratios["/predict, prediction log on / off"] >= 1 - TARGETS["monitoring_cost"],
+        f"drift bins cost <= {TARGETS['monitoring_cost']:.0%} of a /predict":
+            ratios.get("drift bins add / one /predict, per worker", 0.0) <= TARGETS["monitoring_cost"],
     }
     if database == "sqlite":
         checks[f"online features <= {TARGETS['online_ms_sqlite']} ms in process (sqlite)"] = (
@@ -460,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\ntargets (serve/README.md)")
     for name, ok in checks.items():
         print(f"   {'PASS' if ok else 'MISS'}  {name}")
-    figures.update(health=health, predict=predict, user=user, batch={**batches, "rows_s": rows_s}, rss_mb=rss,
+    figures.update(predict_nolog=nolog, user_nolog=user_nolog, health=health, predict=predict, user=user, batch={**batches, "rows_s": rows_s}, rss_mb=rss,
                    ready_s=ready_s, ratios=ratios, targets=checks)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
