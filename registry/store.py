@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,6 +127,20 @@ def lost_race(version: str, expected: object, now: str | None, where: str) -> Re
     return RegistryError(f"{where} now names {now or 'nothing'}, not {expected or 'nothing'} (the version this "
                          f"run was compared with): another writer deployed {now or 'a change'} first; "
                          f"{version} is saved but was not deployed (`make rollback TO={version}` deploys it)")
+
+
+STALE_TMP_SECONDS = 3600.0  # no save takes an hour: an older .tmp-<version> was left by a killed one
+
+
+def _remove_stale_temp_folders(folder: Path) -> None:
+    """Remove `.tmp-<version>` folders a save killed midway left behind (never listed as versions)."""
+    now = time.time()
+    for stale in folder.glob(".tmp-*"):
+        try:
+            if now - stale.stat().st_mtime > STALE_TMP_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _fsync_dir(path: Path) -> None:
@@ -238,6 +253,7 @@ class Registry(Pointer):
         final = self.versions_dir / version
         if final.exists():
             raise RegistryError(f"version {version} already exists")
+        _remove_stale_temp_folders(self.versions_dir)
         tmp = self.versions_dir / f".tmp-{version}"
         try:
             tmp.mkdir()

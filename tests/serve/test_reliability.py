@@ -305,3 +305,22 @@ def test_a_record_that_raises_is_counted_not_silent():
     writer.record("e", "u1", "a", "v1")  # never raises
     assert REGISTRY.get_sample_value("serve_log_record_errors_total", {"log": writer.what}) == before + 1
     assert metrics.LOG_RECORD_ERRORS in metrics.ALL_METRICS
+
+
+# -- 14. a save killed midway leaves a .tmp-<version> folder: the next save removes it -------------
+def test_a_registry_save_removes_temp_folders_left_by_a_killed_save(tmp_path, small_models):
+    from registry.store import new_version
+
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    model, meta = registry.load(small_models[1])
+    stale, fresh = registry.versions_dir / ".tmp-20260101T000000Z-dead00", registry.versions_dir / ".tmp-now"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "model.joblib").write_bytes(b"half")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    version = new_version()
+    registry.write(model, meta.model_copy(update={"version": version}))
+    assert not stale.exists()
+    assert fresh.exists()  # could be another save in progress
+    assert version in registry.versions()
