@@ -324,3 +324,21 @@ def test_a_registry_save_removes_temp_folders_left_by_a_killed_save(tmp_path, sm
     assert not stale.exists()
     assert fresh.exists()  # could be another save in progress
     assert version in registry.versions()
+
+
+# -- 14. deleting the A/B config while running ends the experiment, with a log line ----------------
+def test_deleting_the_ab_config_ends_the_experiment_with_a_log_line(tmp_path, small_models, caplog):
+    from serve.models import ModelStore
+
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    config = tmp_path / "ab.yml"
+    config.write_text("experiment:\n  name: gone\n  salt: gone-1\n  variants:\n"
+                      "    - {name: a, weight: 50, model: current}\n    - {name: b, weight: 50, model: current}\n")
+    store = ModelStore(registry, config)
+    store.refresh()
+    assert store.state.experiment is not None and store.state.experiment.name == "gone"
+    config.unlink()
+    with caplog.at_level("WARNING", logger="serve.models"):
+        assert store.refresh()
+    assert store.state.experiment is None and store.state.current is not None
+    assert any("is gone: experiment gone ended" in r.getMessage() for r in caplog.records), caplog.text
