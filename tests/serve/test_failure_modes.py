@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from serve import chaos
+from serve.chaos import HOSTILE_BODIES, batch_body, get, post, raw, rss_mb, wait_for, workers_of
 from tests.conftest import ROOT, copy_registry, free_port
 
 
@@ -60,53 +62,14 @@ class Server:
                 self.proc.wait()
 
 
-def raw(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
-    """Send bytes as they are; (status, body) of the answer, (0, b"") when the server just closed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        reply = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            reply += chunk
-            head, _, body = reply.partition(b"\r\n\r\n")
-            length = [int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")]
-            if length and len(body) >= length[0]:
-                break
-    if not reply.startswith(b"HTTP/1.1 "):
-        return 0, reply
-    return int(reply[9:12]), reply.partition(b"\r\n\r\n")[2]
-
-
-def post(path: str, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-
 def metric(server: Server, prefix: str) -> float:
     """The sum of every sample whose line starts with `prefix` in /metrics."""
-    status, body = raw(server.port, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-    assert status == 200
-    return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines() if line.startswith(prefix))
+    return chaos.metric(server.port, prefix)
 
 
 def json_of(server: Server, path: str) -> tuple[int, dict]:
-    status, body = raw(server.port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    status, body = raw(server.port, get(path))
     return status, json.loads(body)
-
-
-def _wait(predicate, seconds: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached in {seconds}s")
 
 
 @pytest.fixture(scope="module")
@@ -121,17 +84,7 @@ def running(tmp_path_factory, small_models, small_sqlite_url):
 
 
 def _workers(server: Server) -> list[int]:
-    return [int(p) for p in subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
-                                           text=True).stdout.split()]
-
-
-def _rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total / 1024
+    return workers_of(server.proc.pid)
 
 
 def _features(registry) -> dict:
@@ -139,18 +92,6 @@ def _features(registry) -> dict:
 
 
 # -- 3. bad JSON never answers 500 -----------------------------------------------------------------
-DEEP = 2000
-HOSTILE_BODIES = {
-    "arrays nested 2,000 deep": b"[" * DEEP + b"]" * DEEP,
-    "objects nested 2,000 deep": b'{"a":' * DEEP + b"1" + b"}" * DEEP,
-    "features: 1,000-deep arrays": b'{"features": ' + b"[" * 1000 + b"]" * 1000 + b"}",
-    "a feature of 1,000-deep arrays": b'{"features": {"x": ' + b"[" * 1000 + b"]" * 1000 + b"}}",
-    "deep arrays after a NaN": b'{"features": {"x": NaN, "y": ' + b"[" * 990 + b"]" * 990 + b"}}",
-    "a 400-digit integer feature": b'{"features": {"x": ' + b"9" * 400 + b"}}",
-    "a 400-digit user_id": b'{"features": {}, "user_id": ' + b"9" * 400 + b"}",
-    "a 400-digit body": b"9" * 400,
-    "a 5,000-digit integer": b'{"features": {"x": ' + b"9" * 5000 + b"}}",
-}
 
 
 @pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
@@ -159,8 +100,7 @@ def test_hostile_json_gets_a_4xx_never_a_500(running, path):
     before = metric(server, 'http_requests_total{method="POST",route="' + path + '",status="5xx"}')
     for name, body in HOSTILE_BODIES.items():
         if path.endswith("batch"):
-            body = body.replace(b'{"features": {', b'{"rows": [{').replace(b"}}", b"}]}") \
-                if body.startswith(b'{"features": {') else body.replace(b'"features"', b'"rows"')
+            body = batch_body(body)
         status, reply = raw(server.port, post(path, body))
         assert 400 <= status < 500, f"{name}: {status} {reply[:300]!r}"
         assert len(reply) < 20_000, f"{name}: the error body echoes the input ({len(reply)} bytes)"
@@ -172,7 +112,7 @@ def test_hostile_json_gets_a_4xx_never_a_500(running, path):
 # -- 1. request heads are bounded and must arrive in time ----------------------------------------
 def test_a_header_that_never_ends_gets_431_and_costs_no_memory(running):
     server, _ = running
-    before = _rss_mb(_workers(server))
+    before = rss_mb(_workers(server))
     chunk = b"a" * (1 << 20)
     for _ in range(10):  # 10 connections, each trying to send 20 MB of one unfinished header
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
@@ -187,7 +127,7 @@ def test_a_header_that_never_ends_gets_431_and_costs_no_memory(running):
             except ConnectionResetError:
                 reply = b""
             assert reply == b"" or reply.startswith(b"HTTP/1.1 431"), reply[:200]
-    assert _rss_mb(_workers(server)) - before < 50
+    assert rss_mb(_workers(server)) - before < 50
     status, body = raw(server.port, b"GET /health HTTP/1.1\r\nHost: t\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n")
     assert status == 431 and b"MAX_HEADER_BYTES" in body
     many = b"".join(b"X-%d: 1\r\n" % i for i in range(150))
@@ -286,7 +226,7 @@ def test_a_refused_current_falls_back_to_the_last_good_version(tmp_path, small_m
         workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
                                                   text=True).stdout.split()]
         os.kill(workers[0], signal.SIGKILL)
-        _wait(lambda: len(subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+        wait_for(lambda: len(subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
                                          text=True).stdout.split()) == 2, 20, "a new worker")
         time.sleep(1.0)
         body = json.dumps({"features": registry.meta(v1).self_check[0].features}).encode()
@@ -308,7 +248,7 @@ def test_malformed_registry_and_ab_files_are_refused_counted_and_listed(tmp_path
         failures = metric(server, "model_reload_failures_total")
         # non-UTF-8 bytes in `current`: refused, listed, served model unchanged
         current.write_bytes(b"\xff\xfe\x00garbage\n")
-        _wait(lambda: "current" in json_of(server, "/model")[1]["refused"], what="`current` listed as refused")
+        wait_for(lambda: "current" in json_of(server, "/model")[1]["refused"], what="`current` listed as refused")
         assert json_of(server, "/ready")[0] == 200
         time.sleep(1.5)  # three polls: one refusal per worker, not one per poll
         assert metric(server, "model_reload_failures_total") - failures <= 2
@@ -320,17 +260,17 @@ def test_malformed_registry_and_ab_files_are_refused_counted_and_listed(tmp_path
             doc["version"], doc["library_versions"] = name, None
             (folder / "meta.json").write_text(meta or json.dumps(doc))
             registry.set_current(name, "promote", "test: a malformed meta.json")
-            _wait(lambda n=name: n in json_of(server, "/model")[1]["refused"], what=f"{name} refused")
+            wait_for(lambda n=name: n in json_of(server, "/model")[1]["refused"], what=f"{name} refused")
         # `current` is a directory
         current.unlink()
         current.mkdir()
-        _wait(lambda: "current" in json_of(server, "/model")[1]["refused"], what="a directory refused")
+        wait_for(lambda: "current" in json_of(server, "/model")[1]["refused"], what="a directory refused")
         current.rmdir()
         # a non-UTF-8 A/B config is refused and hot reload keeps working
         ab.write_bytes(b"experiment:\n  name: \xff\xfe\n")
-        _wait(lambda: json_of(server, "/model")[1].get("ab_config_error"), what="A/B config refused")
+        wait_for(lambda: json_of(server, "/model")[1].get("ab_config_error"), what="A/B config refused")
         registry.set_current(v2, "promote", "test: hot reload with a refused A/B config")
-        _wait(lambda: json_of(server, "/ready")[1].get("model_version") == v2, what="hot reload to v2")
+        wait_for(lambda: json_of(server, "/ready")[1].get("model_version") == v2, what="hot reload to v2")
         _, info = json_of(server, "/model")
         assert "current" not in info["refused"] and "UTF-8" in info["ab_config_error"]
         assert metric(server, "model_reload_failures_total") > failures
@@ -351,7 +291,7 @@ def test_a_fresh_start_on_a_broken_registry_serves_503_with_the_reason(tmp_path,
         assert status == 503 and "current" in ready["reason"]
         registry.current_file.rmdir()
         registry.set_current(small_models[1], "rollback", "test: repaired")
-        _wait(lambda: json_of(server, "/ready")[0] == 200, what="ready after the repair")
+        wait_for(lambda: json_of(server, "/ready")[0] == 200, what="ready after the repair")
         assert "Traceback" not in server.log.read_text()
     finally:
         server.stop()
@@ -367,7 +307,7 @@ def test_a_fresh_start_on_a_non_utf8_ab_config_serves_503_with_the_reason(tmp_pa
         status, ready = json_of(server, "/ready")
         assert status == 503 and "A/B config" in ready["reason"] and "UTF-8" in ready["reason"]
         ab.write_text("experiment: null\n")
-        _wait(lambda: json_of(server, "/ready")[0] == 200, what="ready after the A/B config is fixed")
+        wait_for(lambda: json_of(server, "/ready")[0] == 200, what="ready after the A/B config is fixed")
     finally:
         server.stop()
 
@@ -424,7 +364,7 @@ def test_admin_reload_reaches_every_worker(tmp_path, small_models, small_sqlite_
         assert status == 200 and json.loads(reply)["model_version"] == v2, reply
         assert "MODEL_POLL_SECONDS" in json.loads(reply)["other_workers"]
         started = time.monotonic()
-        _wait(lambda: {json.loads(raw(server.port, post("/predict", body))[1])["model_version"]
+        wait_for(lambda: {json.loads(raw(server.port, post("/predict", body))[1])["model_version"]
                        for _ in range(30)} == {v2}, 10, "every worker serving the fixed version")
         assert time.monotonic() - started < 4  # a poll period (1 s) and a model load, not forever
     finally:
@@ -446,7 +386,7 @@ def test_a_restarting_worker_takes_no_connections_before_it_is_ready(running):
         assert status == 200
         if took > 0.6:  # a booting worker made them wait 1.1 s
             slow.append(round(took, 2))
-    _wait(lambda: len(_workers(server)) == 2 and set(_workers(server)) != set(workers), 20, "a new worker")
+    wait_for(lambda: len(_workers(server)) == 2 and set(_workers(server)) != set(workers), 20, "a new worker")
     assert not slow, f"connections waited for a booting worker: {slow}"
 
 
