@@ -197,26 +197,34 @@ def prometheus(out: Path, serve_port: int, rule_files: list[Path]) -> Iterator[s
 
 
 class Prom:
-    """The few Prometheus API calls the demo makes."""
+    """The few Prometheus API calls the demo makes (the standard library's HTTP client)."""
 
     def __init__(self, url: str) -> None:
-        import httpx
+        self.url = url
 
-        self.client = httpx.Client(base_url=url, timeout=10)
+    def get(self, path: str, **params: Any) -> dict:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}?{urllib.parse.urlencode(params)}", timeout=10) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:  # a refused query answers 400/422 with a JSON body
+            return json.loads(exc.read() or b"{}")
 
     def query(self, expr: str) -> list[dict]:
-        answer = self.client.get("/api/v1/query", params={"query": expr}).json()
+        answer = self.get("/api/v1/query", query=expr)
         if answer.get("status") != "success":
             raise DemoError(f"Prometheus refused {expr!r}: {answer}")
         return answer["data"]["result"]
 
     def alerts(self) -> list[dict]:
-        return self.client.get("/api/v1/alerts").json()["data"]["alerts"]
+        return self.get("/api/v1/alerts")["data"]["alerts"]
 
     def timeline(self, start: float, end: float) -> list[AlertSpan]:
         """Every alert that was pending or firing between start and end, from the ALERTS series."""
-        answer = self.client.get("/api/v1/query_range", params={
-            "query": "ALERTS", "start": start, "end": end, "step": f"{SCRAPE_S}s"}).json()
+        answer = self.get("/api/v1/query_range", query="ALERTS", start=start, end=end, step=f"{SCRAPE_S}s")
         if answer.get("status") != "success":
             raise DemoError(f"Prometheus refused the ALERTS range query: {answer}")
         spans: dict[tuple, AlertSpan] = {}
@@ -236,9 +244,6 @@ class Prom:
             span.until = max(span.until, times[-1])
         return sorted(spans.values(), key=lambda s: (s.pending_at or s.firing_at or 0, s.alertname))
 
-    def close(self) -> None:
-        self.client.close()
-
 
 def until(check: Callable[[], tuple[bool, Any]], what: str, timeout: float) -> Any:
     """Poll check() until it says done; DemoError naming `what` and the last thing seen."""
@@ -246,7 +251,7 @@ def until(check: Callable[[], tuple[bool, Any]], what: str, timeout: float) -> A
     while True:
         try:
             done, seen = check()
-        except (OSError, ValueError) as exc:  # httpx errors are OSErrors or ValueErrors here
+        except (OSError, ValueError, KeyError) as exc:  # not answering yet, or an answer mid-write
             done, seen = False, repr(exc)
         if done:
             return seen
@@ -498,7 +503,6 @@ def run(args: argparse.Namespace, out: Path, progress: Progress) -> dict[str, An
     env = {"WEB_CONCURRENCY": str(args.workers), "MODEL_DIR": str(model_dir), "DATABASE_URL": db_url,
            "PROMETHEUS_MULTIPROC_DIR": str(out / "prom-multiproc"), "AB_CONFIG": str(out / "no-experiment.yml"),
            "MODEL_POLL_SECONDS": "1", "PREDICTION_LOG_SAMPLE": "0"}
-    timings: dict[str, float] = {}
     with ExitStack() as stack:
         server = stack.enter_context(harness.start(out / "serve.log", env, base=base))
         progress(f"starting the server (python -m serve, {args.workers} workers) on {server.url}, log {server.log}")
@@ -506,7 +510,6 @@ def run(args: argparse.Namespace, out: Path, progress: Progress) -> dict[str, An
         # Prometheus after the server: a target that is not up yet would fire the shortened ServeTargetDown
         prom_url = stack.enter_context(prometheus(out, server.port, sorted(rules_dir.glob("*.yml"))))
         prom = Prom(prom_url)
-        stack.callback(prom.close)
         version = result.version
         bins = f'model_feature_bin_total{{job="serve",model_version="{version}",feature="{shift.feature}"}}'
         until(lambda: (bool(r := prom.query(bins)) and all(float(s["value"][1]) == 0 for s in r), r),
@@ -551,7 +554,6 @@ def run(args: argparse.Namespace, out: Path, progress: Progress) -> dict[str, An
                 active = [a for a in prom.alerts() if a["labels"]["alertname"] == QUALITY_ALERT]
                 progress(f"  {QUALITY_ALERT} " + (f"ACTIVE after phase {phase.key}: {active}" if active else
                                                   f"silent after phase {phase.key}'s figures were scraped"))
-        timings["traffic_s"] = time.time() - started
         background.__exit__()
         spans = prom.timeline(started - 5, time.time() + 1)
 
