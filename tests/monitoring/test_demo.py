@@ -12,6 +12,7 @@ import hashlib
 import json
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -69,6 +70,59 @@ def test_promtool_accepts_the_demo_rules(tmp_path: Path) -> None:
     result = subprocess.run([find_promtool(), "check", "rules", *map(str, sorted(tmp_path.glob("*.yml")))],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the world it simulates (no processes) --------------------------------------------------------
+
+
+def baselines(**features: dict) -> SimpleNamespace:
+    """A stand-in for meta.json's feature_baselines: name -> kind, edges, values, fractions."""
+    return SimpleNamespace(feature_baselines=[
+        SimpleNamespace(name=name, kind=b.get("kind", "numeric"), edges=b.get("edges", []), values=b.get("values", []),
+                        fractions=b.get("fractions", [])) for name, b in features.items()])
+
+
+# the spec's features by kind (the demo domain has both; a fork without them adapts these two tests)
+NUMERIC = [f for f in SPEC.features if f.kind == "numeric"]
+CATEGORICAL = [f for f in SPEC.features if f.kind == "categorical"]
+
+
+def test_the_numeric_feature_with_most_bins_moves_by_their_width_within_its_range() -> None:
+    few, many = NUMERIC[0], NUMERIC[1]
+    meta = baselines(**{few.name: {"edges": [1.0, 2.0]}, many.name: {"edges": [10.0, 20.0, 30.0, 40.0]}})
+    shift = demo.pick_shift(meta, None, [{many.name: 12.0}, {many.name: None}])
+    assert (shift.feature, shift.kind, shift.amount) == (many.name, "numeric", 30.0)  # integer values: a whole step
+    assert shift.apply({many.name: 12.0, few.name: 1.0}) == {many.name: 42.0, few.name: 1.0}
+    assert shift.apply({many.name: None})[many.name] is None  # missing stays missing
+    high = many.range[1]
+    assert shift.apply({many.name: high - 1})[many.name] == high  # never outside the spec's range
+    assert demo.pick_shift(meta, few.name, []).feature == few.name
+    with pytest.raises(demo.DemoError, match="not a feature of the model"):
+        demo.pick_shift(meta, "no_such_feature", [])
+
+
+def test_without_numeric_bins_a_category_takes_its_rarest_value() -> None:
+    f = CATEGORICAL[0]
+    shares = [0.5] * len(f.values)
+    shares[-1] = 0.01
+    shift = demo.pick_shift(baselines(**{f.name: {"kind": "categorical", "values": list(f.values),
+                                                   "fractions": shares}}), None, [])
+    assert (shift.feature, shift.value) == (f.name, f.values[-1])
+    assert shift.apply({f.name: f.values[0]}) == {f.name: f.values[-1]}
+
+
+def test_the_output_folder_is_wiped_only_when_the_demo_made_it(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    demo.prepare_out(mine)
+    (mine / "old.txt").write_text("from the last run")
+    demo.prepare_out(mine)
+    assert [p.name for p in mine.iterdir()] == [demo.MARKER]
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "keep.txt").write_text("someone's")
+    with pytest.raises(demo.DemoError, match="refusing to wipe it"):
+        demo.prepare_out(theirs)
+    assert (theirs / "keep.txt").exists()
 
 
 # --- the demo, end to end --------------------------------------------------------------------------
