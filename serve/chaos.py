@@ -301,7 +301,8 @@ class Chaos:
                     row.ok = False
                     row.happened = (row.happened + "; " if row.happened else "") + f"FAILED: {error}"
                 with contextlib.suppress(Exception):
-                    row.rss = f"{self_inner.rss0:.0f} → {lab.rss():.0f} MB"
+                    after = lab.rss()
+                    row.rss = f"{self_inner.rss0:.0f} → {after:.0f} MB" if after else f"{self_inner.rss0:.0f} MB → exited"
                 lab.rows.append(row)
                 lab.say(f"chaos: {name}: {'ok' if row.ok else 'FAILED'} ({time.monotonic() - self_inner.t0:.1f}s)")
                 return kind is not None and issubclass(kind, Exception)
@@ -419,18 +420,20 @@ class Chaos:
                 workers = workers_of(self.server.process.pid)
                 killed = time.monotonic()
                 os.kill(workers[0], signal.SIGKILL)
-                wait_for(lambda: len(set(workers_of(self.server.process.pid)) - set(workers)) == 1, 20,
-                         "a new worker")
+                new = wait_for(lambda: set(workers_of(self.server.process.pid)) - set(workers), 20, "a new worker")
+                ready_file = lab.root / "prom-main" / f"worker-ready-{min(new)}"
+                wait_for(ready_file.exists, 30,
+                         "the new worker listening")  # it opens its socket once its model is loaded
+                recovered = time.monotonic() - killed
                 wait_for(lambda: all(json.loads(raw(port, post("/predict", lab.body))[1])["model_version"] == lab.v1
                                      for _ in range(20)), 30, "every worker serving the old version")
-                recovered = time.monotonic() - killed
                 fallback = metric(port, "model_serving_fallback")
                 n, failed = self.probe_failures(s.t0)
                 s.row.happened = (f"/ready {ready[0]} on {ready[1].get('model_version')}, fallback set; "
                                   f"model_reload_failures_total +{metric(port, 'model_reload_failures_total') - failures:.0f}, "
                                   f"model_serving_fallback {fallback:.0f}; the new worker served {lab.v1[-6:]}")
                 s.row.failed = f"{failed} of {n} probe"
-                s.row.recover = f"{recovered:.1f} s (kill -9 to a new worker serving)"
+                s.row.recover = f"{recovered:.1f} s (kill -9 to the new worker listening)"
                 s.row.ok = ready[0] == 200 and ready[1].get("model_version") == lab.v1 and failed <= 2
             finally:
                 artifact.write_bytes(good)
