@@ -360,13 +360,20 @@ class ObjectRegistry(Pointer):
                 for file in sorted(tmp.iterdir()):
                     if file.is_file() and file.name not in ("model.joblib", "meta.json"):
                         self._upload(file, version, uploaded)
+                body = meta.to_json().encode()
                 try:
                     self._call(f"PUT {self._where(meta_key)}", self._data.put_object, Key=meta_key,
-                               Body=meta.to_json().encode(), ContentType="application/json", IfNoneMatch="*")
-                except ClientError as exc:
-                    if _code(exc) in CONFLICT_CODES:
+                               Body=body, ContentType="application/json", IfNoneMatch="*")
+                except (ClientError, RegistryUnavailable) as exc:
+                    # A retried PUT whose first try did land gets 412: then meta.json is ours, the version
+                    # is complete. Someone else's meta.json: refuse, and delete nothing of theirs.
+                    there = self._get(meta_key)
+                    if there is not None and there[0] != body:
+                        uploaded.clear()
                         raise RegistryError(f"version {version} already exists in {self.versions_dir}") from None
-                    raise RegistryError(f"could not write {self._where(meta_key)}: {_code(exc)}") from None
+                    if there is None:
+                        what = _code(exc) if isinstance(exc, ClientError) else str(exc)
+                        raise RegistryError(f"could not write {self._where(meta_key)}: {what}") from None
             except BaseException as exc:
                 self._delete(uploaded)
                 if isinstance(exc, RegistryError | ClientError | OSError):
@@ -419,7 +426,8 @@ class ObjectRegistry(Pointer):
             if _code(exc) not in CONFLICT_CODES:
                 raise RegistryError(f"could not write {self.current_file}: {_code(exc)}") from None
             now, _ = self._pointer()
-            raise lost_race(version, previous, now.get("version") if now else None, self.current_file) from None
+            if now != new:  # (equal: a retry of our own write that had landed got the 412)
+                raise lost_race(version, previous, now.get("version") if now else None, self.current_file) from None
         history_key = self._key("history", f"{seq:010d}.json")
         try:
             self._call(f"PUT {self._where(history_key)}", self._data.put_object, Key=history_key, Body=body,

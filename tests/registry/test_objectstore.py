@@ -120,37 +120,39 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.mark.parametrize("mode", ["sleep", "big"])
-def test_a_writer_killed_midway_leaves_nothing_visible(tmp_path, s3_env, small_models, mode):
+def test_writers_killed_midway_leave_nothing_visible(tmp_path, s3_env, small_models):
+    """kill -9 of one writer between files (model.joblib uploaded, meta.json not yet), and of another
+    in the middle of a multipart upload: neither version is listed, loadable or deployable."""
     source, v1, _ = small_models
     url = s3_env.bucket()
+    bucket = url.removeprefix("s3://").split("/")[0]
     registry = open_registry(url, tmp_path / "cache")
-    new = v1[:-6] + "abcdef"
-    writer = subprocess.Popen([*WRITER, "write", url, str(tmp_path / "w"), str(source.root), v1, new, mode],
-                              cwd=ROOT, env={**s3_env.env, "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    between, midway = v1[:-6] + "abcdef", v1[:-6] + "fedcba"
+    writers = {new: subprocess.Popen([*WRITER, "write", url, str(tmp_path / new), str(source.root), v1, new, mode],
+                                     cwd=ROOT, env={**s3_env.env, "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+               for new, mode in ((between, "sleep"), (midway, "big"))}
     try:
-        bucket = url.removeprefix("s3://").split("/")[0]
-        if mode == "sleep":  # model.joblib is uploaded, the writer is between files
-            assert writer.stdout.readline().strip() == "in extra", writer.stderr.read()
-            assert f"models/versions/{new}/model.joblib" in keys(s3_env, url)
-        else:  # the 40 MB file is in the middle of its multipart upload
-            _wait_for(lambda: s3_env.client().list_multipart_uploads(Bucket=bucket).get("Uploads"), 30,
-                      "the multipart upload of big.bin to start")
-        writer.kill()
-        writer.wait(10)
-    finally:
-        if writer.poll() is None:
+        assert writers[between].stdout.readline().strip() == "in extra", writers[between].stderr.read()
+        assert f"models/versions/{between}/model.joblib" in keys(s3_env, url)
+        _wait_for(lambda: s3_env.client().list_multipart_uploads(Bucket=bucket).get("Uploads"), 30,
+                  "the multipart upload of the 40 MB file to start")
+        for writer in writers.values():
             writer.kill()
-    assert writer.returncode == -9
-    assert f"models/versions/{new}/meta.json" not in keys(s3_env, url)
-    assert f"models/versions/{new}/big.bin" not in keys(s3_env, url)
-    assert registry.versions() == []
-    with pytest.raises(RegistryError, match=f"model version {new} not found"):
-        registry.set_current(new, "promote", "half written")
-    with pytest.raises(RegistryError, match=f"model version {new} not found"):
-        registry.load(new)
-    assert registry.current() is None
+            writer.wait(10)
+    finally:
+        for writer in writers.values():
+            if writer.poll() is None:
+                writer.kill()
+    assert [w.returncode for w in writers.values()] == [-9, -9]
+    listed = keys(s3_env, url)
+    for new in (between, midway):
+        assert f"models/versions/{new}/meta.json" not in listed and f"models/versions/{new}/big.bin" not in listed
+        with pytest.raises(RegistryError, match=f"model version {new} not found"):
+            registry.set_current(new, "promote", "half written")
+        with pytest.raises(RegistryError, match=f"model version {new} not found"):
+            registry.load(new)
+    assert registry.versions() == [] and registry.current() is None
 
 
 def test_two_processes_promoting_at_once_exactly_one_wins(tmp_path, s3_env, versions):
@@ -207,8 +209,6 @@ def test_a_corrupted_object_is_refused_naming_both_digests(tmp_path, s3_env, ver
 
 
 def test_an_unreachable_store_fails_fast_and_says_so(tmp_path, s3_env, versions, monkeypatch):
-    from tests.registry.conftest import start_s3
-
     # nothing listening: refused at once
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     dead = open_registry("s3://some-bucket/models", tmp_path)
@@ -217,24 +217,21 @@ def test_an_unreachable_store_fails_fast_and_says_so(tmp_path, s3_env, versions,
         dead.current()
     assert time.perf_counter() - t0 < 2.0
     # a store that hangs (SIGSTOP): the poll gives up after its read timeout, then works again
-    server = start_s3(tmp_path / "s3.log")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.url)
+    registry = filled(s3_env.bucket(), tmp_path / "cache", versions[:1])
+    registry.set_current(versions[0][1].version, "promote", "first")
+    assert registry.current() == versions[0][1].version
+    s3_env.pause()
     try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
-        url = server.bucket()
-        registry = filled(url, tmp_path / "cache", versions[:1])
-        registry.set_current(versions[0][1].version, "promote", "first")
-        assert registry.current() == versions[0][1].version
-        server.pause()
         t0 = time.perf_counter()
         with pytest.raises(RegistryUnavailable, match="timeout|Timeout"):
             registry.current()
         hung = time.perf_counter() - t0
-        assert hung < 3.0, f"a poll of a hung store took {hung:.1f}s"
-        server.resume()
-        assert registry.current() == versions[0][1].version
-        print(f"poll of a hung store gave up after {hung:.2f}s")
     finally:
-        server.stop()
+        s3_env.resume()
+    assert hung < 3.0, f"a poll of a hung store took {hung:.1f}s"
+    assert registry.current() == versions[0][1].version
+    print(f"poll of a hung store gave up after {hung:.2f}s")
 
 
 def test_quality_reports_go_through_the_registry(tmp_path, s3_env):
@@ -251,3 +248,33 @@ def test_quality_reports_go_through_the_registry(tmp_path, s3_env):
     export._next = 0.0
     assert export.refresh() is False  # unchanged: a 304
     assert json.loads(open_registry(url, tmp_path / "other").fetch_report("latest.json").read_text())["models"]
+
+
+def test_training_on_s3_deploys_only_over_the_champion_it_was_compared_with(tmp_path, s3_env, versions,
+                                                                           small_sqlite_url):
+    """`make train` on s3:// (train.pipeline.run, as python -m train calls it): another writer deploys
+    between this run's gate and its deploy; this run loses, is logged as not deployed, names the winner."""
+    import csv
+
+    from features.db import make_engine
+    from train.pipeline import TrainConfig, run
+
+    url = s3_env.bucket()
+    registry = filled(url, tmp_path / "cache", versions)
+    v1, v2 = (meta.version for _, meta in versions)
+    registry.set_current(v1, "promote", "champion")
+    other = open_registry(url, tmp_path / "other")
+
+    def progress(message: str) -> None:
+        if message.startswith("[gate]"):  # a second trainer wins the race right now
+            other.set_current(v2, "promote", "the other trainer")
+
+    runs = tmp_path / "runs.csv"
+    with pytest.raises(RegistryError, match=f"another writer deployed {v2}") as lost:
+        run(make_engine(small_sqlite_url), open_registry(url, tmp_path / "trainer"), runs,
+            TrainConfig(as_of_count=3, force=True, reason="race"), progress=progress)
+    assert registry.current() == v2
+    row = list(csv.DictReader(runs.open()))[-1]
+    assert row["promoted"] in ("False", "false", "0") and "not deployed" in row["decision"], row
+    assert row["version"] in registry.versions()  # saved, complete, not deployed
+    assert f"`make rollback TO={row['version']}` deploys it" in str(lost.value)
