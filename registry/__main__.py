@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("--reason", default="", help="why (recorded in history.csv)")
     args = parser.parse_args(argv)
     try:
-        registry = open_registry(get_settings().model_dir)
+        settings = get_settings()
+        registry = open_registry(settings.model_dir, settings.model_cache_dir)
         if args.command == "list":
             current = registry.current()
             for v in registry.versions():

@@ -44,7 +44,7 @@ def main() -> int:
               f"(`make down`) or choose another with PORT=...", file=sys.stderr)
         return 2
     try:
-        available = open_registry(settings.model_dir).versions()
+        available = open_registry(settings.model_dir, settings.model_cache_dir).versions()
     except RegistryError as exc:  # e.g. the object store is down: workers start, poll it and say so in /ready
         print(f"serve: model registry {settings.model_dir}: {exc}; starting anyway", file=sys.stderr)
         available = None

@@ -39,7 +39,7 @@ log = logging.getLogger("serve.app")
 def create_app(settings: Settings, *, store: ModelStore | None = None, exposures: ExposureWriter | None = None,
                online: OnlineFeatures | None = None, predictions: PredictionLogWriter | None = None) -> FastAPI:
     """The app; collaborators default to the ones `settings` describes (tests pass their own)."""
-    store = store or ModelStore(open_registry(settings.model_dir), settings.ab_config)
+    store = store or ModelStore(open_registry(settings.model_dir, settings.model_cache_dir), settings.ab_config)
     reloads = ReloadRequests(settings.prometheus_multiproc_dir)
     exposures = exposures or ExposureWriter.from_settings(settings)
     online = online or OnlineFeatures(settings.database_url)
@@ -95,7 +95,7 @@ def worker_app() -> FastAPI:
     from stack.settings import get_settings
 
     settings = get_settings()
-    store = ModelStore(open_registry(settings.model_dir), settings.ab_config)
+    store = ModelStore(open_registry(settings.model_dir, settings.model_cache_dir), settings.ab_config)
     try:  # load before the worker listens (serve/worker.py opens its socket after this returns)
         store.refresh()
     except Exception:

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = get_settings()
     try:
-        registry = open_registry(settings.model_dir)
+        registry = open_registry(settings.model_dir, settings.model_cache_dir)
         if args.if_missing and registry.current():
             print(f"train: {registry.current()} is deployed; nothing to do (--if-missing)")
             return 0
