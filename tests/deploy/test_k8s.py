@@ -345,16 +345,27 @@ def test_service_hpa_pdb_and_scrape_annotations_point_at_the_serve_pods() -> Non
 
 # --- the trainer and the registry -----------------------------------------------------------
 
-def test_the_trainer_keeps_train_crontabs_schedule_one_run_at_a_time() -> None:
+@pytest.mark.parametrize("name, command", [("trainer", "python -m train"),
+                                           ("quality", "python -m monitoring.quality")])
+def test_each_scheduled_job_keeps_train_crontabs_schedule_one_run_at_a_time(name: str, command: str) -> None:
     lines = [line for line in (ROOT / "train/crontab").read_text().splitlines()
              if line.strip() and not line.lstrip().startswith("#")]
-    (line,) = [line for line in lines if line.split(None, 5)[5] == "python -m train"]
+    (line,) = [line for line in lines if line.split(None, 5)[5] == command]
     fields = line.split()
-    cronjob = resource("CronJob", "trainer")["spec"]
+    cronjob = resource("CronJob", name)["spec"]
     assert cronjob["schedule"] == " ".join(fields[:5])
-    assert trainer_container()["command"] == shlex.split(" ".join(fields[5:]))
+    (container,) = cronjob["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == shlex.split(" ".join(fields[5:]))
     assert cronjob["concurrencyPolicy"] == "Forbid"
     assert cronjob["timeZone"] in ("Etc/UTC", "UTC")  # train/crontab's fields are UTC
+
+
+def test_every_job_of_train_crontab_has_a_cronjob() -> None:
+    lines = [line for line in (ROOT / "train/crontab").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    commands = {shlex.join(c["command"]) for _, doc in RESOURCES if doc["kind"] == "CronJob"
+                for c in doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]}
+    assert {line.split(None, 5)[5] for line in lines} <= commands
 
 
 def test_serve_and_trainer_share_the_registry_through_the_object_store_only() -> None:
