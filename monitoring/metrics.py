@@ -189,6 +189,11 @@ REALIZED_GAUGES = (
     (MODEL_REALIZED_LOG_LOSS, "log_loss"), (MODEL_REALIZED_BASE_RATE, "base_rate"),
     (MODEL_REALIZED_MEAN_SCORE, "mean_score"), (MODEL_REALIZED_MATURED, "matured"),
 )
+MODEL_REALIZED_COMPUTED = Gauge(
+    "model_realized_computed_timestamp_seconds", "Unix time the quality job computed the model_realized_* "
+    "figures (latest.json computed_at): ModelQualityStale fires when it stops running.",
+    multiprocess_mode="livemax",
+)
 MODEL_HOLDOUT_ROC_AUC = Gauge(
     "model_holdout_roc_auc", "ROC AUC of the model version on its training holdout (meta.json metrics).",
     ["model_version"], multiprocess_mode="livemax",
@@ -248,6 +253,7 @@ ALL_METRICS: tuple[MetricWrapperBase, ...] = (
     PREDICTION_LOG_RECORDED,
     PREDICTION_LOG_LOST,
     *(gauge for gauge, _ in REALIZED_GAUGES),
+    MODEL_REALIZED_COMPUTED,
     MODEL_HOLDOUT_ROC_AUC,
     MODEL_HOLDOUT_LOG_LOSS,
     MODEL_SHADOW_SCORE,

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,12 @@ class RealizedExport:
         try:
             doc = json.loads(body.decode("utf-8"))
             export(doc.get("models", []))
-        except (ValueError, TypeError, AttributeError) as exc:
+            computed = datetime.fromisoformat(doc["computed_at"]) if doc.get("computed_at") else None
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
             log.warning("realized quality %s not exported: %s", self.where, exc)
             return False
+        if computed is not None:
+            prom.MODEL_REALIZED_COMPUTED.set((computed if computed.tzinfo else computed.replace(tzinfo=UTC)).timestamp())
         self._stamp = stamp
         return True
 
