@@ -56,6 +56,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout = 10.0
     body_timeout = 30.0
     shutdown_body_seconds = 5.0
+    shutdown_idle_grace = 0.5
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -162,7 +163,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete and self.cycle.more_body \
                 and not self._in_head and self._read_timer is not None:
             self._arm(min(self.shutdown_body_seconds, self.body_timeout))
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            # An idle keep-alive connection: uvicorn closes it at once, and a request the client
+            # sent meanwhile is lost (a reset, for a request the server never saw: 16-20 per SIGHUP
+            # under load). Give it `shutdown_idle_grace` seconds: a request that arrives is answered
+            # with `connection: close`; then the connection closes.
+            self.loop.call_later(self.shutdown_idle_grace, self._close_if_idle)
+            return
         super().shutdown()
+
+    def _close_if_idle(self) -> None:
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -187,6 +199,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._arm(self.body_timeout)
         super().on_headers_complete()
+        if self._shutting_down and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered with `connection: close`, then closed
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

@@ -197,9 +197,10 @@ def test_sighup_under_load_refuses_no_connection(lab):
     # Before: gunicorn SIGTERMed the old workers right after forking the new ones, which listen only
     # once their model is loaded: every connection was refused for seconds (~6.5 s measured).
     assert errors.get("refused", 0) == 0, errors
-    # A keep-alive connection closed by a retiring worker as a request goes out reads as a reset:
-    # a handful at most (serve/README.md, Failure modes).
-    assert sum(errors.values()) <= max(5, total // 200), (total, errors)
+    # An idle keep-alive connection of a retiring worker gets 0.5 s to carry one more request
+    # (answered with connection: close); a connection queued on a listener as it closes is still
+    # reset by the kernel: a handful at most (serve/README.md, Failure modes).
+    assert sum(errors.values()) <= max(5, total // 500), (total, errors)
     assert total > 100
     assert any("new workers listening after" in m for m in _log_messages(server.log))
 
@@ -229,9 +230,23 @@ def test_sigterm_with_a_stalled_upload_logs_the_cut_and_flushes_exposures(lab):
         assert raw(server.port, post("/predict", json.dumps({"features": features, "user_id": f"term-{i}"}).encode()))[0] == 200
     stalled = socket.create_connection(("127.0.0.1", server.port), timeout=15)
     stalled.sendall(post("/predict", lab["body"])[: -len(lab["body"]) // 2])
+    keep_alive = post("/predict", lab["body"]).replace(b"Connection: close\r\n", b"")
+    idle = []  # keep-alive connections, idle after one request
+    for _ in range(4):
+        c = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+        c.sendall(keep_alive)
+        assert read_reply(c).startswith(b"HTTP/1.1 200")
+        idle.append(c)
     time.sleep(0.2)
     started = time.monotonic()
     os.killpg(server.process.pid, signal.SIGTERM)
+    time.sleep(0.15)
+    for c in idle:  # a request sent just as the worker shuts down is answered, not reset
+        c.sendall(keep_alive)
+        reply = read_reply(c)
+        assert reply.startswith(b"HTTP/1.1 200") and b"connection: close" in reply.lower(), reply[:300]
+        assert c.recv(1) == b""  # then the server closes it
+        c.close()
     assert read_reply(stalled).startswith(b"HTTP/1.1 408")
     stalled.close()
     assert server.process.wait(20) == 0
