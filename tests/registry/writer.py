@@ -2,8 +2,8 @@
 
     python -m tests.registry.writer write MODEL_DIR CACHE SOURCE_DIR VERSION NEW_VERSION (sleep | big)
         copy VERSION of the folder registry SOURCE_DIR into MODEL_DIR as NEW_VERSION; `extra` then
-        either prints "in extra" and sleeps (killed between uploads) or adds a 40 MB file (killed
-        during its multipart upload)
+        either prints "in extra" and sleeps (killed between uploads) or adds a 40 MB file whose
+        multipart upload takes 2 s a part (killed during it)
     python -m tests.registry.writer promote MODEL_DIR CACHE VERSION EXPECTED START_AT
         at time.time() == START_AT, set `current` to VERSION if it still names EXPECTED; prints
         "won" or "lost: <the RegistryError>"
@@ -37,6 +37,8 @@ def main(argv: list[str]) -> int:
                         f.write(os.urandom(1 << 20))
                 print("uploading big.bin", flush=True)
 
+        if mode == "big":  # each part of the multipart upload takes 2 s: the test kills it midway, surely
+            registry._data.meta.events.register("before-send.s3.UploadPart", lambda **_: time.sleep(2))
         registry.write(model, meta.model_copy(update={"version": new}), extra)
         print("written", flush=True)
         return 0
