@@ -178,6 +178,21 @@ def test_two_processes_promoting_at_once_exactly_one_wins(tmp_path, s3_env, vers
     rows = registry.history()
     assert [(r["from_version"], r["to_version"]) for r in rows] == [("", v1), (v1, winner)]  # nothing half-promoted
 
+    # the store itself refuses a stale ETag: `current` moves between this writer's read and its write
+    stale = open_registry(url, tmp_path / "stale")
+    read = stale._pointer
+
+    def read_then_someone_else_writes():
+        stale._pointer = read
+        got = read()
+        registry.set_current(v1, "rollback", "meanwhile")
+        return got
+
+    stale._pointer = read_then_someone_else_writes
+    with pytest.raises(RegistryError, match=f"now names {v1}, not {winner}.*another writer deployed {v1}"):
+        stale.set_current(loser, "promote", "stale ETag")  # no `expected`: only the If-Match stops it
+    assert registry.current() == v1 and len(registry.history()) == 3
+
 
 def test_a_corrupted_object_is_refused_naming_both_digests(tmp_path, s3_env, versions):
     url = s3_env.bucket()
