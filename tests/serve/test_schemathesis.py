@@ -19,7 +19,7 @@ from serve.models import ModelStore
 from stack.settings import Settings
 from tests.conftest import copy_registry
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 20
 
 
 @pytest.fixture(scope="module")
