@@ -197,7 +197,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._arm(self.body_timeout)
+        # a request begun during shutdown (an idle connection's grace) gets the shutdown's body bound
+        self._arm(min(self.shutdown_body_seconds, self.body_timeout) if self._shutting_down else self.body_timeout)
         super().on_headers_complete()
         if self._shutting_down and self.cycle is not None:
             self.cycle.keep_alive = False  # answered with `connection: close`, then closed
