@@ -72,17 +72,9 @@ def _bucket_ends(weights: list[float]) -> tuple[int, ...]:
     return tuple(ends)
 
 
-def available_versions(model_dir: str | Path) -> set[str]:
-    """Model versions present under <model_dir>/versions/."""
-    root = Path(model_dir) / "versions"
-    if not root.is_dir():
-        return set()
-    return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-
-
 def load_experiment(path: str | Path, available: Iterable[str] | None = None) -> Experiment | None:
     """Read and validate the config (AB_CONFIG); None when there is no experiment."""
-    # with `available` (e.g. available_versions(model_dir)), every pinned model version must be in it
+    # with `available` (registry.open_registry(MODEL_DIR).versions()), every pinned model version must be in it
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ab.config import ConfigError, available_versions, check_models, load_experiment, parse_config
+from ab.config import ConfigError, check_models, load_experiment, parse_config
 
 AB_DIR = Path(__file__).resolve().parents[2] / "ab"
 PINNED = "20261128T191500Z-a1b2c3"
@@ -150,14 +150,6 @@ def test_invalid_yaml_names_the_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML") as err:
         load_experiment(path)
     assert str(path) in str(err.value)
-
-
-def test_available_versions_lists_version_folders(tmp_path):
-    (tmp_path / "versions" / PINNED).mkdir(parents=True)
-    (tmp_path / "versions" / ".tmp-half-written").mkdir()
-    (tmp_path / "current").write_text(PINNED)
-    assert available_versions(tmp_path) == {PINNED}
-    assert available_versions(tmp_path / "nowhere") == set()
 
 
 def test_fractional_weights_cover_every_bucket():
