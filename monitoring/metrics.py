@@ -191,8 +191,8 @@ REALIZED_GAUGES = (
 )
 MODEL_REALIZED_COMPUTED = Gauge(
     "model_realized_computed_timestamp_seconds", "Unix time the quality job computed the model_realized_* "
-    "figures (latest.json computed_at): ModelQualityStale fires when it stops running.",
-    multiprocess_mode="livemax",
+    "figures (latest.json computed_at) over its window of window_days: ModelQualityStale fires when it stops "
+    "running.", ["window_days"], multiprocess_mode="livemax",
 )
 MODEL_HOLDOUT_ROC_AUC = Gauge(
     "model_holdout_roc_auc", "ROC AUC of the model version on its training holdout (meta.json metrics).",

@@ -75,11 +75,12 @@ class RealizedExport:
             doc = json.loads(body.decode("utf-8"))
             export(doc.get("models", []))
             computed = datetime.fromisoformat(doc["computed_at"]) if doc.get("computed_at") else None
+            window = f"{float(doc.get('window_days', 0)):g}"
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             log.warning("realized quality %s not exported: %s", self.where, exc)
             return False
         if computed is not None:
-            prom.MODEL_REALIZED_COMPUTED.set((computed if computed.tzinfo else computed.replace(tzinfo=UTC)).timestamp())
+            prom.MODEL_REALIZED_COMPUTED.labels(window).set((computed if computed.tzinfo else computed.replace(tzinfo=UTC)).timestamp())
         self._stamp = stamp
         return True
 

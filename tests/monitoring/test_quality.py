@@ -78,7 +78,8 @@ def test_realized_quality_uses_the_training_label_as_of_each_prediction(logged, 
     assert got == pytest.approx(window["roc_auc"])
     assert REGISTRY.get_sample_value("model_realized_matured", {"model_version": "v1", "kind": "served"}) == 400
     computed = datetime.fromisoformat(json.loads(latest_path(tmp_path / "models").read_text())["computed_at"])
-    assert REGISTRY.get_sample_value("model_realized_computed_timestamp_seconds") == computed.timestamp()
+    assert REGISTRY.get_sample_value("model_realized_computed_timestamp_seconds", {"window_days": "7"}) \
+        == computed.timestamp()
     assert abs(computed.timestamp() - datetime.now(UTC).timestamp()) < 600  # ModelQualityStale's clock
 
 
