@@ -199,18 +199,22 @@ class Lab:
         from features.db import make_engine
         from features.spec import SPEC
         from registry.store import Registry
-        from train.pipeline import TrainConfig, run
 
         demo = SPEC.load_loader()
         engine = make_engine(self.db_url)
         demo.load(engine, demo.generate(scale=0.1, seed=7, end=datetime(2026, 6, 1)))
-        self.registry = Registry(self.root / "models")
-        quiet = lambda _msg: None  # noqa: E731
-        log = self.root / "runs.csv"
-        self.v1 = run(engine, self.registry, log, TrainConfig(as_of_count=4), progress=quiet).version
-        self.v2 = run(engine, self.registry, log, TrainConfig(as_of_count=4, params={"num_leaves": 7}, deploy=False),
-                      progress=quiet).version
         engine.dispose()
+        self.registry = Registry(self.root / "models")
+        # two versions, trained as a user trains them (serve never imports training code): the
+        # first deployed, the second saved only
+        env = {**os.environ, "DATABASE_URL": self.db_url, "MODEL_DIR": str(self.registry.root),
+               "MODEL_CACHE_DIR": str(self.root / "model-cache"), "EXPERIMENTS_LOG": str(self.root / "runs.csv")}
+        for extra in ([], ["--param", "num_leaves=7", "--no-deploy"]):
+            done = subprocess.run([sys.executable, "-m", "train", "--as-of-count", "4", *extra], env=env,
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"chaos: training failed:\n{done.stderr[-2000:]}")
+        self.v1, self.v2 = self.registry.versions()[-2:]
         meta = self.registry.meta(self.v1)
         self.features = meta.self_check[0].features
         self.body = json.dumps({"features": self.features}).encode()
