@@ -6,6 +6,7 @@ import csv
 import errno
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -209,6 +210,7 @@ def test_second_run_exits_at_once_naming_the_holder(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         t0 = time.monotonic()
+        sqlite3.connect(tmp_path / "x.db").execute("CREATE TABLE t (x)").connection.close()  # a database that exists
         result = _cli({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "MODEL_DIR": str(models)})
         assert result.returncode == 3 and time.monotonic() - t0 < 30
         assert f'"pid": {holder.pid}' in result.stderr
