@@ -430,12 +430,14 @@ def main(argv: list[str] | None = None) -> int:
         wrk(quiet + "/", 2, args.connections, by_id, **load)
         runs: dict[str, list[dict[str, float]]] = {"health": [], "predict": [], "user": [], "batch": [],
                                                    "predict_nolog": [], "user_nolog": []}
-        for _ in range(args.rounds):  # interleaved, so a slow spell of the host hits every figure alike
+        for i in range(args.rounds):  # interleaved, so a slow spell of the host hits every figure alike
             runs["health"].append(wrk(base + "/health", args.seconds, args.connections, **load))
-            runs["predict"].append(wrk(base + "/predict", args.seconds, args.connections, single, **load))
-            runs["predict_nolog"].append(wrk(quiet + "/predict", args.seconds, args.connections, single, **load))
-            runs["user"].append(wrk(base + "/", args.seconds, args.connections, by_id, **load))
-            runs["user_nolog"].append(wrk(quiet + "/", args.seconds, args.connections, by_id, **load))
+            # log on and off back to back, in turn first: neither gets the other's warm caches every time
+            pair = [("", base), ("_nolog", quiet)][:: 1 if i % 2 == 0 else -1]
+            for suffix, url in pair:
+                runs["predict" + suffix].append(wrk(url + "/predict", args.seconds, args.connections, single, **load))
+            for suffix, url in pair:
+                runs["user" + suffix].append(wrk(url + "/", args.seconds, args.connections, by_id, **load))
             runs["batch"].append(wrk(base + "/predict/batch", args.seconds, args.batch_connections, batch, **load))
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
         db_file = Path(make_url(db_url).database) if database == "sqlite" else None
