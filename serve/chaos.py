@@ -260,6 +260,48 @@ class HungPostgres:
         self.sock.close()
 
 
+class FreezingProxy:
+    """A TCP relay to a real database that can freeze: while frozen it passes no byte either way,
+    on connections old and new (a database host that froze mid-statement, or a network partition)."""
+
+    def __init__(self, target_port: int, target_host: str = HOST) -> None:
+        self.target = (target_host, target_port)
+        self.frozen = threading.Event()
+        self.sock = socket.create_server((HOST, 0))
+        self.port = self.sock.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                return
+            upstream.settimeout(None)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
+
+    def _relay(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                while self.frozen.is_set():
+                    time.sleep(0.02)
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.frozen.clear()
+        self.sock.close()
+        for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
 def _new_log_lines(log: Path, offset: int) -> list[dict]:
     lines = []
     with log.open("rb") as f:

@@ -5,7 +5,9 @@ plus the connect or statement timeout, then a 503; /predict with features in the
 on it. After a failed connect (a database that is down, or a host that accepts and never answers)
 the next RETRY_AFTER_SECONDS of requests get their 503 at once instead of each waiting for a
 connect timeout of its own (tested: 60 concurrent requests against a hung Postgres answer 503 in
-about 2 s).
+about 2 s). And whatever the database does, a by-entity request ends within REQUEST_LIMIT_SECONDS
+(`within_limit`): a database that froze in the middle of a statement it had received (the
+statement timeout is its own, so it cannot fire) costs the request that long, then a 503.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -25,6 +29,27 @@ from features.db import DatabaseError, make_engine
 from serve import errors
 
 log = logging.getLogger("serve.online")
+
+# The pool wait (1 s), a connect (2 s) and a statement (2 s) below, and a margin: past this a
+# by-entity request is answered 503 however the database behaves.
+REQUEST_LIMIT_SECONDS = 6.0
+_last_overrun_log = 0.0
+
+
+async def within_limit(features: Callable[[Any], dict[str, Any]], key: Any) -> dict[str, Any]:
+    """features(key) on a worker thread, answered 503 after REQUEST_LIMIT_SECONDS. The thread is
+    abandoned, not killed: it holds its pooled connection until the database answers or drops it,
+    so a frozen database costs at most the pool's 4 connections, and later requests a 1 s pool wait."""
+    global _last_overrun_log
+    with anyio.move_on_after(REQUEST_LIMIT_SECONDS):
+        return await anyio.to_thread.run_sync(features, key, abandon_on_cancel=True)
+    now = time.monotonic()
+    if now - _last_overrun_log > 10.0:  # once per burst, not once per request
+        _last_overrun_log = now
+        log.error("by-entity features: no answer from the database within %gs (frozen mid-statement?); "
+                  "answered 503, the connection stays with its thread until the database answers",
+                  REQUEST_LIMIT_SECONDS)
+    raise errors.database_unavailable(key)
 
 RETRY_AFTER_SECONDS = 2.0
 

@@ -114,6 +114,60 @@ def test_a_hung_postgres_answers_60_concurrent_by_user_requests_503_within_secon
     assert sum("cannot connect" in m for m in log) == 1, "the connect failure is logged once, not per request"
 
 
+def test_a_database_that_freezes_mid_statement_costs_a_by_user_request_a_bounded_time(
+        tmp_path, small_models, small_postgres_url):
+    """Postgres reached through a relay that stops passing bytes: the statement was sent, the
+    statement timeout is the database's own and cannot fire, the pool's connections are all taken.
+    Every by-user request is still a 503 within REQUEST_LIMIT_SECONDS, /predict is untouched, and
+    by-user recovers when the database answers again."""
+    from sqlalchemy.engine import make_url
+
+    from serve.online import REQUEST_LIMIT_SECONDS
+
+    url = make_url(small_postgres_url)
+    proxy = chaos.FreezingProxy(url.port or 5432, url.host or "127.0.0.1")
+    registry = copy_registry(small_models[0], tmp_path / "models")
+    server = harness.start(tmp_path / "frozen.log", {
+        "WEB_CONCURRENCY": "1", "MODEL_DIR": str(registry.root), "PREDICTION_LOG": "false",
+        "DATABASE_URL": url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "AB_CONFIG": str(tmp_path / "none.yml")})
+    try:
+        server.wait_ready(90)
+        user = chaos_user(small_postgres_url)
+        path = f"/predict/user/{user}"
+        body = json.dumps({"features": registry.meta(registry.current()).self_check[0].features}).encode()
+        assert [raw(server.port, post(path, b""))[0] for _ in range(3)] == [200] * 3
+        proxy.frozen.set()
+        results: list[tuple[int, float]] = []
+
+        def one() -> None:
+            started = time.monotonic()
+            try:
+                status = raw(server.port, post(path, b""), timeout=40)[0]
+            except OSError:
+                status = 0
+            results.append((status, time.monotonic() - started))
+
+        threads = [threading.Thread(target=one) for _ in range(8)]  # more than the pool's 4 connections
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert raw(server.port, post("/predict", body))[0] == 200
+        assert time.monotonic() - started < 1.0, "/predict waited on the frozen database"
+        for t in threads:
+            t.join(45)
+        assert [s for s, _ in results] == [503] * 8
+        slowest = max(d for _, d in results)
+        assert slowest < REQUEST_LIMIT_SECONDS + 2, f"a by-user request took {slowest:.1f}s"
+        assert any("no answer from the database within" in m for m in _log_messages(server.log))
+        proxy.frozen.clear()
+        wait_for(lambda: raw(server.port, post(path, b""))[0] == 200, 20, "by-user to recover")
+    finally:
+        server.stop(20)
+        proxy.close()
+
+
 # -- 8. the server never creates an empty app database; a file put in place is noticed -----------
 def test_a_missing_sqlite_file_is_503_naming_it_and_is_not_created_then_noticed_without_a_restart(lab):
     server, db = lab["sqlite"], lab["db"]
