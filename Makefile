@@ -26,7 +26,7 @@ help: ## this list
 $(STAMP): requirements.lock pyproject.toml
 	@echo "install: creating $(VENV) from requirements.lock"
 	@if uv --version >/dev/null 2>&1; then \
-	  uv venv -q --allow-existing --python python3.11 $(VENV) && \
+	  uv venv -q --seed --allow-existing --python python3.11 $(VENV) && \
 	  VIRTUAL_ENV=$(VENV) uv pip install -q -r requirements.lock && \
 	  VIRTUAL_ENV=$(VENV) uv pip install -q --no-deps -e . ; \
 	else \
