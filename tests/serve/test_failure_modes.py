@@ -6,7 +6,6 @@ with raw sockets where an HTTP client would refuse to send the request.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -19,55 +18,31 @@ from pathlib import Path
 
 import pytest
 
+from deploy import harness
 from serve import chaos
 from serve.chaos import HOSTILE_BODIES, batch_body, get, post, raw, rss_mb, wait_for, workers_of
 from tests.conftest import ROOT, copy_registry, free_port
 
 
-class Server:
-    """`python -m serve` in its own process group on a free loopback port, started on `registry`."""
-
-    def __init__(self, tmp: Path, registry, db_url: str, workers: int = 2, env: dict | None = None,
-                 wait_for: str = "/ready") -> None:
-        self.port = free_port()
-        self.log = tmp / f"serve-{self.port}.log"
-        environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "WEB_CONCURRENCY": str(workers),
-                       "MODEL_DIR": str(registry.root), "DATABASE_URL": db_url, "MODEL_POLL_SECONDS": "0.5",
-                       "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"prom-{self.port}"),
-                       "AB_CONFIG": str(tmp / "no-experiment.yml"), **(env or {})}
-        environment = {k: v for k, v in environment.items() if v is not None}  # None: unset it
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "serve"], cwd=ROOT, env=environment, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", wait_for)
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not answering {wait_for} in 60s:\n" + self.log.read_text())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+def Server(tmp: Path, registry, db_url: str, workers: int = 2, env: dict | None = None,
+           wait_for: str = "/ready") -> harness.Server:
+    """`python -m serve` (deploy/harness.py) on a free loopback port, started on `registry`, once
+    `wait_for` answers 200. `env` values of None unset a variable."""
+    port = free_port()
+    server = harness.start(tmp / f"serve-{port}.log", {
+        "WEB_CONCURRENCY": str(workers), "MODEL_DIR": str(registry.root), "DATABASE_URL": db_url,
+        "MODEL_POLL_SECONDS": "0.5", "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"prom-{port}"),
+        "AB_CONFIG": str(tmp / "no-experiment.yml"), **(env or {})}, port=port)
+    server.wait_ready(60, path=wait_for)
+    return server
 
 
-def metric(server: Server, prefix: str) -> float:
+def metric(server: harness.Server, prefix: str) -> float:
     """The sum of every sample whose line starts with `prefix` in /metrics."""
     return chaos.metric(server.port, prefix)
 
 
-def json_of(server: Server, path: str) -> tuple[int, dict]:
+def json_of(server: harness.Server, path: str) -> tuple[int, dict]:
     status, body = raw(server.port, get(path))
     return status, json.loads(body)
 
@@ -83,8 +58,8 @@ def running(tmp_path_factory, small_models, small_sqlite_url):
     server.stop()
 
 
-def _workers(server: Server) -> list[int]:
-    return workers_of(server.proc.pid)
+def _workers(server: harness.Server) -> list[int]:
+    return workers_of(server.process.pid)
 
 
 def _features(registry) -> dict:
@@ -182,9 +157,9 @@ def test_sigterm_with_a_stalled_upload_stops_in_seconds(tmp_path, small_models, 
         s.sendall(post("/predict", body)[: -len(body) // 2])
         time.sleep(0.3)
         started = time.monotonic()
-        os.killpg(server.proc.pid, signal.SIGTERM)
+        os.killpg(server.process.pid, signal.SIGTERM)
         assert s.recv(4096).startswith(b"HTTP/1.1 408")
-        assert server.proc.wait(15) == 0
+        assert server.process.wait(15) == 0
         assert time.monotonic() - started < 10
         assert "Traceback" not in server.log.read_text()
     finally:
@@ -223,10 +198,10 @@ def test_a_refused_current_falls_back_to_the_last_good_version(tmp_path, small_m
         assert metric(server, "model_serving_fallback") == 1
         assert metric(server, "model_reload_failures_total") >= 1
         # a worker killed -9 comes back serving the fallback, not 503
-        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True,
                                                   text=True).stdout.split()]
         os.kill(workers[0], signal.SIGKILL)
-        wait_for(lambda: len(subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+        wait_for(lambda: len(subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True,
                                          text=True).stdout.split()) == 2, 20, "a new worker")
         time.sleep(1.0)
         body = json.dumps({"features": registry.meta(v1).self_check[0].features}).encode()
