@@ -30,6 +30,7 @@ from serve import errors
 
 log = logging.getLogger("serve.online")
 
+POOL_SIZE, POOL_WAIT_SECONDS = 4, 1.0  # per worker; see OnlineFeatures.engine
 # The pool wait (1 s), a connect (2 s) and a statement (2 s) below, and a margin: past this a
 # by-entity request is answered 503 however the database behaves.
 REQUEST_LIMIT_SECONDS = 6.0
@@ -64,6 +65,7 @@ class OnlineFeatures:
         self._state_lock = threading.Lock()
         self._down_until = 0.0  # monotonic time before which a failed connect is not retried
         self._down_reason = ""
+        self._pool_full_logged = 0.0
 
     def engine(self) -> Engine:
         # Per worker: 4 pooled connections (WEB_CONCURRENCY x 4 in all), no overflow; a request
@@ -73,7 +75,8 @@ class OnlineFeatures:
         with self._lock:
             if self._engine is None:
                 self._engine = make_engine(
-                    self.database_url, pool_size=4, max_overflow=0, pool_timeout=1.0, connect_timeout=2,
+                    self.database_url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=POOL_WAIT_SECONDS,
+                    connect_timeout=2,
                     statement_timeout=2.0, autocommit=True, pre_ping=False, create=False)
                 if self._engine.dialect.name != "sqlite":
                     event.listen(self._engine, "do_connect", self._connect)
@@ -107,7 +110,13 @@ class OnlineFeatures:
         try:
             conn = engine.connect()
         except (SQLAlchemyError, DatabaseError, OSError) as exc:
-            if self._down_until == 0.0 or isinstance(exc, PoolTimeout):  # else _connect logged it once
+            if isinstance(exc, PoolTimeout):  # every slot busy: one line per burst, not per request
+                now_s = time.monotonic()
+                if now_s - self._pool_full_logged > 10.0:
+                    self._pool_full_logged = now_s
+                    log.error("by-entity features: all %d database connections busy for %gs (a slow or frozen "
+                              "database?); /predict/user answers 503 meanwhile", POOL_SIZE, POOL_WAIT_SECONDS)
+            elif self._down_until == 0.0:  # else _connect logged it once
                 log.error("by-entity features failed: %s", str(exc).splitlines()[0])
             raise errors.database_unavailable(key) from None
         if self._down_reason:
