@@ -26,7 +26,12 @@ HORIZON = SPEC.label.horizon
 
 @pytest.fixture
 def logged(tmp_path):
-    """400 served predictions over two days, outcomes planted around them, and one not yet matured."""
+    return planted_predictions(tmp_path)
+
+
+def planted_predictions(tmp_path):
+    """400 served predictions over two days, outcomes planted around them, and one not yet matured:
+    (database URL, their scores, their labels)."""
     url = f"sqlite:///{tmp_path / 'app.db'}"
     engine = make_engine(url)
     loader = SPEC.load_loader()

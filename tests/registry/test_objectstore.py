@@ -265,6 +265,34 @@ def test_quality_reports_go_through_the_registry(tmp_path, s3_env):
     assert json.loads(open_registry(url, tmp_path / "other").fetch_report("latest.json").read_text())["models"]
 
 
+def test_the_quality_job_on_s3_publishes_its_reports_and_a_server_exports_them(tmp_path, s3_env, monkeypatch):
+    """`python -m monitoring.quality` with MODEL_DIR=s3://... (monitoring.quality.run, as the CLI calls
+    it): the reports land under quality/ in the bucket, and a server on another host reads them."""
+    from datetime import UTC, timedelta
+
+    from prometheus_client import REGISTRY
+
+    from monitoring import quality
+    from monitoring.realized import RealizedExport
+    from tests.monitoring.test_quality import START, planted_predictions
+
+    monkeypatch.chdir(tmp_path)  # the job's staging folder (MODEL_CACHE_DIR, relative) lands here
+    db_url, _, _ = planted_predictions(tmp_path)
+    url = s3_env.bucket()
+    result = quality.run(db_url, url, now=(START + timedelta(days=12)).replace(tzinfo=UTC), resolution_minutes=0,
+                         progress=lambda _m: None)
+    assert result.matured == 400
+    bucket, prefix = url.removeprefix("s3://").split("/", 1)
+    listed = s3_env.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/quality/")
+    names = {obj["Key"].rsplit("/", 1)[1] for obj in listed.get("Contents", [])}
+    assert {"quality.csv", "latest.json", "calibration.png", "realized_auc.png"} <= names
+    export = RealizedExport.of(open_registry(url, tmp_path / "server-host"))
+    assert export.refresh() is True
+    (window,) = result.window
+    got = REGISTRY.get_sample_value("model_realized_roc_auc", {"model_version": "v1", "kind": "served"})
+    assert got == pytest.approx(window["roc_auc"])
+
+
 def test_training_on_s3_deploys_only_over_the_champion_it_was_compared_with(tmp_path, s3_env, versions,
                                                                            small_sqlite_url):
     """`make train` on s3:// (train.pipeline.run, as python -m train calls it): another writer deploys
