@@ -20,6 +20,7 @@ It checks, with requests flowing through nginx the whole time:
 
 Needs root (ip netns), iproute2, nginx and the PostgreSQL server of the tests (TEST_DATABASE_URL,
 default postgresql+psycopg://postgres@127.0.0.1:5432/postgres). Run: .venv/bin/python tests/hosts/e2e.py
+(TEST_HOSTS_KEEP=1 keeps the hosts' folders and logs in /tmp/test-hosts-*).
 """
 
 from __future__ import annotations
@@ -363,22 +364,25 @@ def main() -> int:
         say(f"1. both hosts answer through nginx ({ok} requests, 0 failed)")
 
         def promote(note: str, watch: tuple[str, ...]) -> tuple[str, dict[str, float]]:
-            """Train and promote on host trainer; seconds from `current` changing in the store (read
-            here every 50 ms) until each watched host serves the new version."""
-            before = current_version()
+            """Train and promote on host trainer; seconds from the promotion (the trainer's
+            "[deploy] current -> <version>" line, printed right after its conditional PUT of `current`
+            and the history record; the log is read here every 50 ms) until each watched host
+            serves the new version."""
+            log = work / "trainer/train.log"
+            offset = log.stat().st_size if log.exists() else 0
             trainer = procs.start([sys.executable, "-m", "train", "--force", "--reason", f"hosts test: {note}",
-                                   "--notes", f"hosts test: {note}"], env("trainer"), work / "trainer/train.log",
+                                   "--notes", f"hosts test: {note}"], env("trainer", PYTHONUNBUFFERED="1"), log,
                                   "trainer")
-            changed_at, version, reached = None, before, {}
+            changed_at, version, reached = None, None, {}
             deadline = time.monotonic() + 300
             while len(reached) < len(watch) and time.monotonic() < deadline:
                 if changed_at is None:
-                    version = current_version()
-                    if version != before:
-                        changed_at = time.monotonic()
+                    found = re.search(r"\[deploy\] current -> (\S+)", log.read_text()[offset:])
+                    if found:
+                        changed_at, version = time.monotonic(), found.group(1)
                     elif trainer.poll() is not None:
                         raise Failed(f"training for {note!r} exited {trainer.returncode} without promoting:\n"
-                                     f"{(work / 'trainer/train.log').read_text()[-2000:]}")
+                                     f"{log.read_text()[-2000:]}")
                 else:
                     for host in watch:
                         if host not in reached and serving(host) == version:
@@ -388,6 +392,8 @@ def main() -> int:
                                      f"{POLL_SECONDS + 20:g} s")
                 time.sleep(0.05)
             trainer.wait(120)
+            if current_version() != version:
+                raise Failed(f"the trainer printed a promotion of {version} but `current` names {current_version()}")
             return version, reached
 
         def current_version() -> str:
@@ -454,7 +460,8 @@ def main() -> int:
                 log = work / host / ("serve.log" if host != "trainer" else "train.log")
                 if log.exists():
                     print(f"--- {log.relative_to(work)} (tail)\n{log.read_text()[-1500:]}", file=sys.stderr)
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("TEST_HOSTS_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
     for failure in failures:
         print(f"test-hosts: FAILED: {failure}", file=sys.stderr)
     say("passed" if not failures else f"{len(failures)} check(s) failed")
