@@ -59,6 +59,7 @@ from registry.store import (
     checksum_problem,
     file_sha256,
     lost_race,
+    stale_after_seconds,
 )
 
 log = logging.getLogger("registry.objectstore")
@@ -348,6 +349,7 @@ class ObjectRegistry(Pointer):
         if self._exists(meta_key):
             raise RegistryError(f"version {version} already exists in {self.versions_dir}")
         self.root.mkdir(parents=True, exist_ok=True)
+        self._remove_orphans()
         uploaded: list[str] = []
         with tempfile.TemporaryDirectory(prefix=f".write-{version}-", dir=self.root) as tmp_name:
             tmp = Path(tmp_name)
@@ -386,6 +388,38 @@ class ObjectRegistry(Pointer):
             os.replace(tmp / "model.joblib", cache / "model.joblib")
             _write_atomic(cache / "meta.json", meta.to_json().encode())
         return f"{self.versions_dir}{version}/"
+
+    def _remove_orphans(self) -> None:
+        """Delete what writers killed midway left: objects of a version that has no meta.json (never
+        listed, loaded or deployable) and unfinished multipart uploads, once older than an hour (no
+        write takes that long, so a write in progress elsewhere is never touched). Best effort."""
+        base, cutoff = self._key("versions") + "/", stale_after_seconds()
+        try:
+            objects: dict[str, list[tuple[str, float]]] = {}
+            token: dict[str, str] = {}
+            while True:
+                page = self._call(f"LIST {self._where(base)}", self._data.list_objects_v2, Prefix=base, **token)
+                for item in page.get("Contents", []):
+                    version = item["Key"][len(base):].partition("/")[0]
+                    objects.setdefault(version, []).append((item["Key"], item["LastModified"].timestamp()))
+                if not page.get("IsTruncated"):
+                    break
+                token = {"ContinuationToken": page["NextContinuationToken"]}
+            orphans = [key for version, items in objects.items()
+                       if not any(key.endswith("/meta.json") for key, _ in items)
+                       and all(modified < cutoff for _, modified in items)
+                       for key, _ in items]
+            if orphans:
+                log.warning("removing %d object(s) of unfinished versions under %s (a writer was killed)",
+                            len(orphans), self._where(base))
+                self._delete(orphans)
+            uploads = self._call(f"LIST uploads {self._where(base)}", self._data.list_multipart_uploads, Prefix=base)
+            for upload in uploads.get("Uploads", []):
+                if upload["Initiated"].timestamp() < cutoff:
+                    self._call("abort upload", self._data.abort_multipart_upload, Key=upload["Key"],
+                               UploadId=upload["UploadId"])
+        except (RegistryError, ClientError) as exc:
+            log.warning("could not look for unfinished versions under %s: %s", self._where(base), exc)
 
     def _upload(self, file: Path, version: str, uploaded: list[str]) -> None:
         key = self._key("versions", version, file.name)

@@ -129,15 +129,20 @@ def lost_race(version: str, expected: object, now: str | None, where: str) -> Re
                          f"{version} is saved but was not deployed (`make rollback TO={version}` deploys it)")
 
 
-STALE_TMP_SECONDS = 3600.0  # no save takes an hour: an older .tmp-<version> was left by a killed one
+STALE_TMP_SECONDS = 3600.0  # no save takes an hour: older leftovers of an unfinished save were left by a killed one
+
+
+def stale_after_seconds() -> float:
+    """The Unix time before which an unfinished save's leftovers are stale (both backends' rule)."""
+    return time.time() - STALE_TMP_SECONDS
 
 
 def _remove_stale_temp_folders(folder: Path) -> None:
     """Remove `.tmp-<version>` folders a save killed midway left behind (never listed as versions)."""
-    now = time.time()
+    cutoff = stale_after_seconds()
     for stale in folder.glob(".tmp-*"):
         try:
-            if now - stale.stat().st_mtime > STALE_TMP_SECONDS:
+            if stale.stat().st_mtime < cutoff:
                 shutil.rmtree(stale, ignore_errors=True)
         except OSError:
             pass
