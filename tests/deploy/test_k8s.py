@@ -343,6 +343,18 @@ def test_service_hpa_pdb_and_scrape_annotations_point_at_the_serve_pods() -> Non
     assert int(notes["prometheus.io/port"]) == port["containerPort"]
 
 
+def test_the_ingress_sends_every_path_to_the_serve_service_with_tls() -> None:
+    ingress = resource("Ingress", "serve")["spec"]
+    service = resource("Service", "serve")["spec"]
+    (rule,) = ingress["rules"]
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == "/" and path["pathType"] == "Prefix"
+    backend = path["backend"]["service"]
+    assert backend["name"] == "serve"
+    assert backend["port"]["name"] in {p["name"] for p in service["ports"]}
+    assert rule["host"] in ingress["tls"][0]["hosts"]
+
+
 # --- the trainer and the registry -----------------------------------------------------------
 
 @pytest.mark.parametrize("name, command", [("trainer", "python -m train"),
