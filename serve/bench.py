@@ -506,8 +506,11 @@ def main(argv: list[str] | None = None) -> int:
         f"batch >= {TARGETS['batch_rows_s']:,} rows/s": rows_s >= TARGETS["batch_rows_s"],
         f"RSS < {TARGETS['rss_mb']} MB per worker": all(r < TARGETS["rss_mb"] for r in rss),
         f"ready within {TARGETS['ready_s']} s": ready_s <= TARGETS["ready_s"],
+        # In process, not the on/off ratio: two identical servers differ by 3-5% from run to run (how
+        # the kernel spreads connections over their workers), as much as the target; the ratio is
+        # printed above as a cross-check.
         f"prediction log costs /predict <= {TARGETS['monitoring_cost']:.0%}":
-            ratios["/predict, prediction log on / off"] >= 1 - TARGETS["monitoring_cost"],
+            ratios["prediction log record / one /predict, per worker"] <= TARGETS["monitoring_cost"],
         f"drift bins cost <= {TARGETS['monitoring_cost']:.0%} of a /predict":
             ratios.get("drift bins add / one /predict, per worker", 0.0) <= TARGETS["monitoring_cost"],
     }
