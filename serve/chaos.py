@@ -262,12 +262,14 @@ class HungPostgres:
 
 class FreezingProxy:
     """A TCP relay to a real database that can freeze: while frozen it passes no byte either way,
-    on connections old and new (a database host that froze mid-statement, or a network partition)."""
+    on connections old and new (a database host that froze mid-statement, or a network partition).
+    It listens on `listen_host` (a free port): another address of this machine makes a loopback-only
+    server reachable from elsewhere."""
 
-    def __init__(self, target_port: int, target_host: str = HOST) -> None:
+    def __init__(self, target_port: int, target_host: str = HOST, listen_host: str = HOST) -> None:
         self.target = (target_host, target_port)
         self.frozen = threading.Event()
-        self.sock = socket.create_server((HOST, 0))
+        self.sock = socket.create_server((listen_host, 0))
         self.port = self.sock.getsockname()[1]
         self.sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()

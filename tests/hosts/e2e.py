@@ -25,7 +25,6 @@ default postgresql+psycopg://postgres@127.0.0.1:5432/postgres). Run: .venv/bin/p
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -44,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from deploy.local_scale import find_nginx, nginx_argv, render_nginx_conf  # noqa: E402
 from features.schema import example_features  # noqa: E402  (a valid /predict body for this domain)
+from serve.chaos import FreezingProxy  # noqa: E402  (a TCP relay; never frozen here)
+from tests.conftest import _answers  # noqa: E402
 
 PREFIX = "10.231.0"
 BRIDGE = "bms-hosts0"
@@ -109,46 +110,6 @@ def network_down() -> None:
 def cut(name: str, up: bool) -> None:
     """Take a host's only link down (or up): it can reach nothing and nothing reaches it."""
     sh("ip", "netns", "exec", ns(name), "ip", "link", "set", f"bmsi-{name[:6]}", "up" if up else "down")
-
-
-class Forward:
-    """TCP forward HOST_IP:port -> 127.0.0.1:target (the PostgreSQL server listens on loopback only)."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.listener = socket.create_server((HOST_IP, 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -317,7 +278,8 @@ def main() -> int:
         with admin.connect() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
             conn.execute(sa.text(f"CREATE DATABASE {DB_NAME}"))
-        forward = Forward(pg.port or 5432)
+        # the PostgreSQL server listens on loopback only: relay it on this machine's bridge address
+        forward = FreezingProxy(pg.port or 5432, pg.host or "127.0.0.1", listen_host=HOST_IP)
         database_url = pg.set(host=HOST_IP, port=forward.port, database=DB_NAME).render_as_string(hide_password=False)
 
         def env(host: str, **extra: str) -> dict[str, str]:
@@ -466,14 +428,6 @@ def main() -> int:
         print(f"test-hosts: FAILED: {failure}", file=sys.stderr)
     say("passed" if not failures else f"{len(failures)} check(s) failed")
     return 1 if failures else 0
-
-
-def _answers(address: str, port: int) -> bool:
-    try:
-        with socket.create_connection((address, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _served_through_balancer_by(port: int, body: bytes) -> str:
