@@ -8,6 +8,14 @@ connect timeout of its own (tested: 60 concurrent requests against a hung Postgr
 about 2 s). And whatever the database does, a by-entity request ends within REQUEST_LIMIT_SECONDS
 (`within_limit`): a database that froze in the middle of a statement it had received (the
 statement timeout is its own, so it cannot fire) costs the request that long, then a 503.
+
+On SQLite the statement is first run on the event loop itself (`within_limit(..., inline_first)`):
+it is a local file read of ~0.1 ms, less than the thread hop it saves, and the hop's wake-ups and
+GIL hand-offs were most of a by-entity request's latency under load. That attempt gets its own
+connection and INLINE_LIMIT_SECONDS for both the busy wait and the statement, so it can hold up
+the worker's other requests at most that long; a lock held by a writer, or an entity whose rows
+take longer, falls through to the thread with the full bounds. (So the SQLite file must be local:
+on a network filesystem a read can block in the kernel, where no time limit reaches.)
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Any
 
 import anyio
 from sqlalchemy import Engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -34,14 +43,28 @@ POOL_SIZE, POOL_WAIT_SECONDS = 4, 1.0  # per worker; see OnlineFeatures.engine
 # The pool wait (1 s), a connect (2 s) and a statement (2 s) below, and a margin: past this a
 # by-entity request is answered 503 however the database behaves.
 REQUEST_LIMIT_SECONDS = 6.0
+# SQLite, on the event loop: the most a by-entity attempt there may hold up the worker's other requests
+INLINE_LIMIT_SECONDS = 0.005
 _last_overrun_log = 0.0
 
 
-async def within_limit(features: Callable[[Any], dict[str, Any]], key: Any) -> dict[str, Any]:
+class OnThread(Exception):
+    """The attempt on the event loop gave up (busy or over INLINE_LIMIT_SECONDS): run it on a thread."""
+
+
+async def within_limit(features: Callable[..., dict[str, Any]], key: Any, inline_first: bool = False) -> dict[str, Any]:
     """features(key) on a worker thread, answered 503 after REQUEST_LIMIT_SECONDS. The thread is
     abandoned, not killed: it holds its pooled connection until the database answers or drops it,
-    so a frozen database costs at most the pool's 4 connections, and later requests a 1 s pool wait."""
+    so a frozen database costs at most the pool's 4 connections, and later requests a 1 s pool wait.
+
+    inline_first (SQLite): features(key, inline=True) on the loop first; the thread only when it
+    raises OnThread."""
     global _last_overrun_log
+    if inline_first:
+        try:
+            return features(key, inline=True)
+        except OnThread:
+            pass
     with anyio.move_on_after(REQUEST_LIMIT_SECONDS):
         return await anyio.to_thread.run_sync(features, key, abandon_on_cancel=True)
     now = time.monotonic()
@@ -61,6 +84,11 @@ class OnlineFeatures:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self._engine: Engine | None = None
+        self._inline_engine: Engine | None = None
+        try:
+            self.inline = make_url(database_url).get_backend_name() == "sqlite"
+        except Exception:  # a bad URL: the engine's DatabaseError says so on first use
+            self.inline = False
         self._lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._down_until = 0.0  # monotonic time before which a failed connect is not retried
@@ -82,6 +110,16 @@ class OnlineFeatures:
                     event.listen(self._engine, "do_connect", self._connect)
             return self._engine
 
+    def inline_engine(self) -> Engine:
+        # SQLite only: one connection, used by the event loop between two awaits, so never contended
+        # (the pool wait is 0). Busy timeout and time limit are INLINE_LIMIT_SECONDS.
+        with self._lock:
+            if self._inline_engine is None:
+                self._inline_engine = make_engine(
+                    self.database_url, pool_size=1, max_overflow=0, pool_timeout=0,
+                    statement_timeout=INLINE_LIMIT_SECONDS, autocommit=True, pre_ping=False, create=False)
+            return self._inline_engine
+
     def _connect(self, dialect, _record, cargs, cparams):
         # Every new connection goes through here, including one made by a request that waited for
         # a pool slot: while the database is known down it fails at once, and a failed connect marks
@@ -101,11 +139,20 @@ class OnlineFeatures:
                           "then tries again", reason, RETRY_AFTER_SECONDS)
             raise
 
-    def features(self, key: Any) -> dict | None:
-        """The features of `key` now, None when no such entity; RequestError 503 when the database fails."""
+    def features(self, key: Any, inline: bool = False) -> dict | None:
+        """The features of `key` now, None when no such entity; RequestError 503 when the database fails.
+
+        inline=True (SQLite, on the event loop): within INLINE_LIMIT_SECONDS or OnThread; any other
+        failure is OnThread too, so that the thread's attempt reports it."""
         if self._down_until and time.monotonic() < self._down_until:
             raise errors.database_unavailable(key)
         now = datetime.now(UTC).replace(tzinfo=None)
+        if inline:
+            try:
+                with self.inline_engine().connect() as conn:
+                    return build_online(conn, key, now)
+            except (SQLAlchemyError, DatabaseError, FeatureSQLError, OSError):
+                raise OnThread from None
         engine = self.engine()
         try:
             conn = engine.connect()
@@ -132,5 +179,6 @@ class OnlineFeatures:
             raise errors.database_unavailable(key) from None
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
+        for engine in (self._engine, self._inline_engine):
+            if engine is not None:
+                engine.dispose()

@@ -10,7 +10,8 @@ from features.schema import example_features
 from registry.store import Registry
 from serve.errors import RequestError
 from serve.models import ModelStore
-from serve.online import OnlineFeatures
+from serve import online as online_module
+from serve.online import OnlineFeatures, OnThread, within_limit
 from serve.predictor import Predictor
 from tests.conftest import KEY
 
@@ -42,6 +43,47 @@ def test_scores_like_the_model_without_http(predictor, frame, small_models):
     key = frame[KEY].tolist()[0]
     features = predictor.entity_features(key)
     assert predictor.score_entity(key, features)["model_version"] == v1
+
+
+def assert_same_now(a: dict, b: dict) -> None:
+    """Two reads of one entity's features a moment apart: equal but for the clock (ages in days)."""
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name] == (b[name] if isinstance(b[name], str) or b[name] is None else pytest.approx(b[name], abs=1e-4))
+
+
+def test_on_sqlite_the_loop_reads_an_entity_itself_and_gets_what_the_thread_gets(predictor, frame):
+    assert predictor.online.inline
+    for key in frame[KEY].tolist():
+        assert_same_now(predictor.entity_features(key, inline=True), predictor.entity_features(key))
+    with pytest.raises(RequestError) as missing:
+        predictor.entity_features("no-such-user", inline=True)
+    assert missing.value.status == 404
+
+
+def test_an_attempt_on_the_loop_past_its_time_limit_is_done_on_a_thread(monkeypatch, small_sqlite_url, frame):
+    import anyio
+
+    # The real SQLite progress handler, with a limit no statement meets: the loop gives up at once.
+    monkeypatch.setattr(online_module, "INLINE_LIMIT_SECONDS", 1e-9)
+    online = OnlineFeatures(small_sqlite_url)
+    calls = []
+
+    def features(key, inline=False):
+        calls.append(inline)
+        return online.features(key, inline)
+
+    try:
+        key = frame[KEY].tolist()[0]
+        with pytest.raises(OnThread):
+            online.features(key, inline=True)
+        got = anyio.run(within_limit, features, key, True)
+        assert calls == [True, False]  # tried on the loop, then answered by the thread
+        assert got is not None
+        assert_same_now(got, online.features(key))
+    finally:
+        online.close()
+    assert not OnlineFeatures("postgresql+psycopg://app@db.example:5432/app").inline  # a network database: threads
 
 
 def test_the_same_refusals_as_over_http(predictor, frame):
