@@ -98,14 +98,15 @@ class OnlineFeatures:
     def engine(self) -> Engine:
         # Per worker: 4 pooled connections (WEB_CONCURRENCY x 4 in all), no overflow; a request
         # waits at most 1 s for one, a connect gets 2 s (psycopg's minimum), the database 2 s per
-        # statement, then the request is a 503. Autocommit, no pre-ping: one round trip per request
-        # (features/db.py make_engine). A missing SQLite file is an error, never a new empty database.
+        # statement, then the request is a 503. Autocommit, no pre-ping: one round trip per request;
+        # Postgres plans the statement once per connection (features/db.py make_engine). A missing
+        # SQLite file is an error, never a new empty database.
         with self._lock:
             if self._engine is None:
                 self._engine = make_engine(
                     self.database_url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=POOL_WAIT_SECONDS,
                     connect_timeout=2,
-                    statement_timeout=2.0, autocommit=True, pre_ping=False, create=False)
+                    statement_timeout=2.0, autocommit=True, pre_ping=False, create=False, generic_plans=True)
                 if self._engine.dialect.name != "sqlite":
                     event.listen(self._engine, "do_connect", self._connect)
             return self._engine

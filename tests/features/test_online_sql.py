@@ -11,6 +11,7 @@ import re
 import threading
 import time
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -28,7 +29,7 @@ from tests.conftest import KEY
 
 # server-like engines: what serve/app.py's engine() asks for, with short bounds for the tests
 SERVING = {"pool_size": 2, "max_overflow": 0, "pool_timeout": 0.3, "statement_timeout": 0.5,
-           "autocommit": True, "pre_ping": False}
+           "autocommit": True, "pre_ping": False, "generic_plans": True}
 
 
 def _key_and_as_of(engine):
@@ -110,6 +111,34 @@ def test_postgres_plans_every_table_on_an_index(small_postgres_url):
         plan = "\n".join(row[0] for row in conn.execute(
             sa.text("EXPLAIN " + statement.text).bindparams(*statement._bindparams.values()),
             {k: v for k, v in params.items() if k in statement._bindparams}))
+    assert "Seq Scan" not in plan, plan
+    assert plan.count("Index") >= len(SPEC.sql), plan
+
+
+@pytest.mark.postgres
+def test_postgres_plans_the_servers_statement_once_and_on_the_indexes(small_postgres_url):
+    """The server's connections run the statement on one generic plan (no planning per request),
+    and that plan, made without knowing the key, still reads every table through an index."""
+    engine = make_engine(small_postgres_url, **SERVING)
+    key, as_of = _key_and_as_of(engine)
+    with engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE"))
+        for _ in range(8):  # psycopg prepares a statement from its 5th execution on a connection
+            assert build_online(conn, key, as_of) is not None
+        plans = conn.execute(sa.text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")).all()
+        online = [p for p in plans if SPEC.entity.table in p.statement]
+        assert len(online) == 1 and online[0].generic_plans >= 3 and online[0].custom_plans == 0, plans
+        # the generic plan itself: PREPARE the statement with $n placeholders and EXPLAIN EXECUTE it
+        compiled = online_sql().compile(dialect=engine.dialect)
+        names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", compiled.string)))
+        text = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m.group(1)) + 1}", compiled.string)
+        params = {**SPEC.window_params(as_of), "first_key": key, "last_key": key}
+        with psycopg.ClientCursor(conn.connection.dbapi_connection) as cur:  # EXPLAIN takes no bind parameters
+            cur.execute(f"PREPARE online_plan AS {text}")
+            cur.execute(f"EXPLAIN EXECUTE online_plan({', '.join(['%s'] * len(names))})", [params[n] for n in names])
+            plan = "\n".join(row[0] for row in cur.fetchall())
+            cur.execute("DEALLOCATE online_plan")
+    assert re.search(r"\$\d", plan), plan  # a generic plan shows its parameters, a custom one the values
     assert "Seq Scan" not in plan, plan
     assert plan.count("Index") >= len(SPEC.sql), plan
 
