@@ -8,9 +8,9 @@ from ab.exposures import ExposureWriter
 from features.build import feature_rows
 from features.schema import example_features
 from registry.store import Registry
+from serve import online as online_module
 from serve.errors import RequestError
 from serve.models import ModelStore
-from serve import online as online_module
 from serve.online import OnlineFeatures, OnThread, within_limit
 from serve.predictor import Predictor
 from tests.conftest import KEY
