@@ -1,4 +1,4 @@
-"""The benchmark's own parsing: CPU lists for pinning and wrk's output."""
+"""The benchmark's own parsing (CPU lists for pinning, wrk's output) and its in-process by-id figures."""
 
 from __future__ import annotations
 
@@ -111,3 +111,17 @@ def test_rss_leaves_out_the_pages_of_a_mapped_database_file(tmp_path):
         assert mapped_mb(os.getpid(), data) == pytest.approx(8, abs=0.5)
         assert rss_mb(os.getpid(), data) == pytest.approx(rss_mb(os.getpid()) - mapped_mb(os.getpid(), data), abs=1)
     assert mapped_mb(os.getpid(), data) == 0
+
+
+@pytest.mark.parametrize("which", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_online_figures_come_from_the_servers_own_path_on_both_databases(which, request):
+    """The in-process by-id figures call OnlineFeatures as a request does (a checkout per call, on
+    SQLite the event loop's engine with its 5 ms limit): every call answers, none is interrupted."""
+    from serve.bench import entity_keys, online_in_process
+
+    url = request.getfixturevalue("small_sqlite_url" if which == "sqlite" else "small_postgres_url")
+    figures = online_in_process(url, entity_keys(url)[:50], seconds=0.3)
+    assert set(figures) == {"online features, one entity (OnlineFeatures.features)",
+                            "  of which checkout + the one SQL statement", "  of which pool checkout + return",
+                            "online features CPU ms (this thread)"}
+    assert all(value > 0 for value in figures.values()), figures
