@@ -391,6 +391,14 @@ class ModelMetrics:
         self._predictions(variant or NO_VARIANT).inc(n)
         self._latency.observe(latency_s)
 
+    def observe_one(self, score: float, latency_s: float, variant: str | None = None) -> None:
+        """observe() for one score, without its loops: the /predict hot path (a test holds the two equal)."""
+        self._score.observe(score)
+        self._bins[bisect_right(self._inner_edges, score)].inc()
+        name = variant or NO_VARIANT
+        (self._by_variant.get(name) or self._predictions(name)).inc()
+        self._latency.observe(latency_s)
+
     def observe_many(self, scores: Any, latency_s: float, variant: str | None = None) -> None:
         """Record one model call over a numpy array of scores: counts per bucket, not per row.
 

@@ -60,7 +60,7 @@ class Predictor:
         started = time.perf_counter()
         score = model.model.score_one(row)
         metrics = model.metrics
-        metrics.observe(score, time.perf_counter() - started, variant)
+        metrics.observe_one(score, time.perf_counter() - started, variant)
         if metrics.inputs is not None:
             metrics.inputs.add(row)
         if self.predictions is not None:

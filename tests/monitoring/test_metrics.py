@@ -290,7 +290,7 @@ def test_setup_multiprocess_dir_refuses_a_late_environment_variable(tmp_path: Pa
 
 
 def test_observe_many_counts_like_observe_one_at_a_time():
-    """The bulk path writes the same histogram, bins and counters as per-row observe()."""
+    """The bulk path and the single-score path write the same histogram, bins and counters as observe()."""
     import numpy as np
     from prometheus_client import CollectorRegistry  # noqa: F401  (default registry is fine here)
 
@@ -301,8 +301,11 @@ def test_observe_many_counts_like_observe_one_at_a_time():
     scores = np.array([0.0, 0.05, 0.1, 0.1000001, 0.25, 0.3, 0.5, 0.75, 0.95, 1.0, 0.05])
     bulk = register("bulk-v", meta)
     single = register("single-v", meta)
+    one = register("one-v", meta)
     bulk.observe_many(scores, 0.001)
     single.observe(scores.tolist(), 0.001)
+    for score in scores.tolist():
+        one.observe_one(score, 0.001, None if score < 0.5 else "control")
 
     def samples(version):
         out = {}
@@ -315,3 +318,9 @@ def test_observe_many_counts_like_observe_one_at_a_time():
 
     assert samples("bulk-v") == samples("single-v")
     assert samples("bulk-v")  # something was compared
+    by_variant = samples("one-v")  # observe_one, the /predict path: the same but for the variant split
+    predictions = {k: v for k, v in by_variant.items() if k[0] == "model_predictions_total"}
+    assert predictions == {("model_predictions_total", (("variant", "none"),)): 7.0,
+                           ("model_predictions_total", (("variant", "control"),)): 4.0}
+    assert {k: v for k, v in by_variant.items() if k[0] != "model_predictions_total"} == \
+        {k: v for k, v in samples("single-v").items() if k[0] != "model_predictions_total"}
