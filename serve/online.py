@@ -16,6 +16,11 @@ connection and INLINE_LIMIT_SECONDS for both the busy wait and the statement, so
 the worker's other requests at most that long; a lock held by a writer, or an entity whose rows
 take longer, falls through to the thread with the full bounds. (So the SQLite file must be local:
 on a network filesystem a read can block in the kernel, where no time limit reaches.)
+
+At most POOL_SIZE threads per worker run a by-entity read at once (`OnlineFeatures.slots`); the
+other requests wait their turn on the event loop, first come first served, for at most the pool
+wait. Without that bound, 16 requests of wrk's 32 on a worker were 16 threads contending for 4
+connections and the GIL: +18% by-id req/s on Postgres in an A/B (serve/README.md).
 """
 
 from __future__ import annotations
@@ -45,28 +50,52 @@ POOL_SIZE, POOL_WAIT_SECONDS = 4, 1.0  # per worker; see OnlineFeatures.engine
 REQUEST_LIMIT_SECONDS = 6.0
 # SQLite, on the event loop: the most a by-entity attempt there may hold up the worker's other requests
 INLINE_LIMIT_SECONDS = 0.005
-_last_overrun_log = 0.0
+_last_overrun_log = _last_pool_full_log = 0.0
 
 
 class OnThread(Exception):
     """The attempt on the event loop gave up (busy or over INLINE_LIMIT_SECONDS): run it on a thread."""
 
 
-async def within_limit(features: Callable[..., dict[str, Any]], key: Any, inline_first: bool = False) -> dict[str, Any]:
+def log_pool_full() -> None:
+    """Every connection (or thread slot) busy for the pool wait: one line per burst, not per request."""
+    global _last_pool_full_log
+    now = time.monotonic()
+    if now - _last_pool_full_log > 10.0:
+        _last_pool_full_log = now
+        log.error("by-entity features: all %d database connections busy for %gs (a slow or frozen "
+                  "database?); /predict/user answers 503 meanwhile", POOL_SIZE, POOL_WAIT_SECONDS)
+
+
+async def within_limit(features: Callable[..., dict[str, Any]], key: Any, inline_first: bool = False,
+                       slots: anyio.CapacityLimiter | None = None) -> dict[str, Any]:
     """features(key) on a worker thread, answered 503 after REQUEST_LIMIT_SECONDS. The thread is
     abandoned, not killed: it holds its pooled connection until the database answers or drops it,
     so a frozen database costs at most the pool's 4 connections, and later requests a 1 s pool wait.
 
     inline_first (SQLite): features(key, inline=True) on the loop first; the thread only when it
-    raises OnThread."""
+    raises OnThread. slots (OnlineFeatures.slots): the thread starts only once one is free, waited
+    for on the loop for at most POOL_WAIT_SECONDS, then a 503."""
     global _last_overrun_log
     if inline_first:
         try:
             return features(key, inline=True)
         except OnThread:
             pass
-    with anyio.move_on_after(REQUEST_LIMIT_SECONDS):
-        return await anyio.to_thread.run_sync(features, key, abandon_on_cancel=True)
+    if slots is not None:
+        acquired = False
+        with anyio.move_on_after(POOL_WAIT_SECONDS):
+            await slots.acquire()
+            acquired = True
+        if not acquired:
+            log_pool_full()
+            raise errors.database_unavailable(key)
+    try:
+        with anyio.move_on_after(REQUEST_LIMIT_SECONDS):
+            return await anyio.to_thread.run_sync(features, key, abandon_on_cancel=True)
+    finally:
+        if slots is not None:
+            slots.release()  # a thread abandoned past the limit keeps its connection, not its slot
     now = time.monotonic()
     if now - _last_overrun_log > 10.0:  # once per burst, not once per request
         _last_overrun_log = now
@@ -93,7 +122,7 @@ class OnlineFeatures:
         self._state_lock = threading.Lock()
         self._down_until = 0.0  # monotonic time before which a failed connect is not retried
         self._down_reason = ""
-        self._pool_full_logged = 0.0
+        self._slots: anyio.CapacityLimiter | None = None
 
     def engine(self) -> Engine:
         # Per worker: 4 pooled connections (WEB_CONCURRENCY x 4 in all), no overflow; a request
@@ -110,6 +139,13 @@ class OnlineFeatures:
                 if self._engine.dialect.name != "sqlite":
                     event.listen(self._engine, "do_connect", self._connect)
             return self._engine
+
+    def slots(self) -> anyio.CapacityLimiter:
+        """POOL_SIZE thread slots for by-entity reads (within_limit): made on first use, in the worker's
+        event loop."""
+        if self._slots is None:
+            self._slots = anyio.CapacityLimiter(POOL_SIZE)
+        return self._slots
 
     def inline_engine(self) -> Engine:
         # SQLite only: one connection, used by the event loop between two awaits, so never contended
@@ -158,12 +194,8 @@ class OnlineFeatures:
         try:
             conn = engine.connect()
         except (SQLAlchemyError, DatabaseError, OSError) as exc:
-            if isinstance(exc, PoolTimeout):  # every slot busy: one line per burst, not per request
-                now_s = time.monotonic()
-                if now_s - self._pool_full_logged > 10.0:
-                    self._pool_full_logged = now_s
-                    log.error("by-entity features: all %d database connections busy for %gs (a slow or frozen "
-                              "database?); /predict/user answers 503 meanwhile", POOL_SIZE, POOL_WAIT_SECONDS)
+            if isinstance(exc, PoolTimeout):  # every connection busy: one line per burst, not per request
+                log_pool_full()
             elif self._down_until == 0.0:  # else _connect logged it once
                 log.error("by-entity features failed: %s", str(exc).splitlines()[0])
             raise errors.database_unavailable(key) from None

@@ -75,7 +75,7 @@ def router(max_batch_rows: int) -> APIRouter:
     async def predict_user(request: Request, predictor: PredictorDep, _ready: ModelDep) -> Response:
         key = check_path_key(request.path_params["user_id"])  # not a signature parameter: one documented path id
         # a 503 after REQUEST_LIMIT_SECONDS; SQLite is tried on the loop first (serve/online.py)
-        features = await within_limit(predictor.entity_features, key, predictor.online.inline)
+        features = await within_limit(predictor.entity_features, key, predictor.online.inline, predictor.online.slots())
         return json_response(predictor.score_entity(key, features))  # on the loop: score_one is not thread-safe
 
     @api.get("/health", summary="Liveness: the process answers")

@@ -86,6 +86,52 @@ def test_an_attempt_on_the_loop_past_its_time_limit_is_done_on_a_thread(monkeypa
     assert not OnlineFeatures("postgresql+psycopg://app@db.example:5432/app").inline  # a network database: threads
 
 
+def test_at_most_the_pools_size_of_threads_read_at_once_and_the_rest_wait_at_most_the_pool_wait(monkeypatch, caplog):
+    import threading
+    import time
+
+    import anyio
+
+    monkeypatch.setattr(online_module, "POOL_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(online_module, "_last_pool_full_log", 0.0)
+    running, most, guard = [0], [0], threading.Lock()
+
+    def features(key, inline=False):
+        with guard:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with guard:
+            running[0] -= 1
+        return {"key": key}
+
+    async def many(n: int, slots) -> list:
+        answers: list = []
+
+        async def one(key):
+            try:
+                answers.append(await within_limit(features, key, False, slots))
+            except RequestError as exc:
+                answers.append(exc.status)
+
+        async with anyio.create_task_group() as tg:
+            for key in range(n):
+                tg.start_soon(one, key)
+        return answers
+
+    # 2 slots, 10 reads of 50 ms: 5 turns (250 ms) fit in the 300 ms wait; every read answers
+    answers = anyio.run(many, 10, anyio.CapacityLimiter(2))
+    assert most[0] == 2 and sorted(a["key"] for a in answers) == list(range(10))
+    # 2 slots, 20 reads: the last ones wait past 300 ms and get a 503, logged once for the burst
+    most[0] = 0
+    with caplog.at_level("ERROR", logger="serve.online"):
+        answers = anyio.run(many, 20, anyio.CapacityLimiter(2))
+    assert most[0] == 2
+    refused = [a for a in answers if a == 503]
+    assert 6 <= len(refused) <= 14 and len(answers) == 20
+    assert sum("connections busy" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_the_same_refusals_as_over_http(predictor, frame):
     rows = feature_rows(frame)
     cases = [({"features": {**rows[0], "nope": 1}}, predictor.one, 422),
