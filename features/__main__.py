@@ -2,6 +2,7 @@
 
     python -m features example          a POST /predict body (the curl examples use it)
     python -m features example --batch  a POST /predict/batch body
+    python -m features example --columns  the same batch as columns
     python -m features key              the spec's example entity key (for /predict/user/{key})
     python -m features table            the feature table (markdown)
 """
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     example = sub.add_parser("example", help="a valid request body built from features/spec.yml")
     example.add_argument("--batch", action="store_true", help="a /predict/batch body of two rows")
+    example.add_argument("--columns", action="store_true", help="the same two rows as a columnar batch")
     sub.add_parser("key", help="the example entity key of features/spec.yml")
     sub.add_parser("table", help="the feature table (markdown)")
     args = p.parse_args(argv)
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table())
     elif args.command == "key":
         print(SPEC.entity.example)
+    elif args.columns:
+        print(json.dumps({"columns": {name: [value, value] for name, value in example_features().items()}}))
     elif args.batch:
         print(json.dumps({"rows": [example_features(), example_features()]}))
     else:

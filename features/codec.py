@@ -3,9 +3,10 @@
 `Codec` is compiled once from the feature schema. Each feature becomes one `Rule` (allowed
 codes or range, nullability); every path checks with those rules:
 
-- `row` / `matrix`: a request's features (the server's hot path, /predict and /predict/batch)
-  checked and encoded in one pass; None when anything is wrong, then
-- `errors`: every problem, each naming the field (the 422 body), and
+- `row` / `matrix` / `columns`: a request's features (the server's hot path: /predict, and
+  /predict/batch as rows or as columns) checked and encoded in one pass; None when anything is
+  wrong, then
+- `errors` / `column_errors`: every problem, each naming the field (the 422 body), and
 - `frame_problems` / `encode_frame`: a training frame (pandas), the same rules column-wise.
 
 Encoding: numbers pass through (missing -> NaN); a categorical becomes the index of its value in
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -116,32 +118,62 @@ class Codec:
         if not rows or set(map(type, rows)) != {dict} or not set().union(*rows) <= self.name_set:
             return None
         X = np.empty((len(rows), len(self._plan)), dtype=np.float64)
-        try:
-            for j, rule in enumerate(self.rules):
-                column = list(map(dict.get, rows, repeat(rule.name)))
-                if rule.codes is not None:
-                    encoded = list(map(rule.codes.get, column))  # non-strings are never keys: None
-                    if None in encoded and not (rule.nullable and _only_missing_unknown(column, encoded)):
-                        return None
-                    X[:, j] = [NAN if c is None else c for c in encoded] if None in encoded else encoded
-                    continue
-                kinds = set(map(type, column))
-                if not kinds <= _NUMBER_OR_NONE:
-                    return None
-                if type(None) in kinds:
-                    if not rule.nullable:
-                        return None
-                    X[:, j] = [NAN if v is None else v for v in column]
-                    values = X[:, j][np.array([v is not None for v in column])]
-                else:
-                    X[:, j] = column
-                    values = X[:, j]
-                # the same verdict as Rule.problem, in two C passes: NaN and +-inf fail a bound too
-                if not ((values >= rule.low).all() and (values <= rule.high).all()):
-                    return None
-        except (OverflowError, TypeError):  # an integer too large for a float; an unhashable value
-            return None
+        for j, rule in enumerate(self.rules):
+            if not self._fill(X, j, rule, list(map(dict.get, rows, repeat(rule.name)))):
+                return None
         return X
+
+    def columns(self, columns: Any) -> np.ndarray | None:
+        """The encoded matrix of a valid columnar batch, else None (then ask `column_errors`).
+
+        `columns` maps feature names to lists of equal length, one value per row (TF Serving's
+        columnar format); a feature left out is null in every row. The same rules as `matrix`, with
+        no row objects to build, read and free: a third of the cost per row.
+        """
+        if type(columns) is not dict or not columns or not columns.keys() <= self.name_set:
+            return None
+        lists = list(columns.values())
+        if set(map(type, lists)) != {list}:
+            return None
+        n = len(lists[0])
+        if n == 0 or any(len(c) != n for c in lists):
+            return None
+        X = np.empty((n, len(self._plan)), dtype=np.float64)
+        for j, rule in enumerate(self.rules):
+            column = columns.get(rule.name)
+            if column is None:
+                if not rule.nullable:
+                    return None
+                X[:, j] = NAN
+            elif not self._fill(X, j, rule, column):
+                return None
+        return X
+
+    @staticmethod
+    def _fill(X: np.ndarray, j: int, rule: Rule, column: list) -> bool:
+        """Encode one column's values into X[:, j]; False when any breaks `rule` (Rule.problem's verdict)."""
+        try:
+            if rule.codes is not None:
+                encoded = list(map(rule.codes.get, column))  # non-strings are never keys: None
+                if None in encoded and not (rule.nullable and _only_missing_unknown(column, encoded)):
+                    return False
+                X[:, j] = [NAN if c is None else c for c in encoded] if None in encoded else encoded
+                return True
+            kinds = set(map(type, column))
+            if not kinds <= _NUMBER_OR_NONE:
+                return False
+            if type(None) in kinds:
+                if not rule.nullable:
+                    return False
+                X[:, j] = [NAN if v is None else v for v in column]
+                values = X[:, j][np.array([v is not None for v in column])]
+            else:
+                X[:, j] = column
+                values = X[:, j]
+            # the same verdict as Rule.problem, in two C passes: NaN and +-inf fail a bound too
+            return bool((values >= rule.low).all() and (values <= rule.high).all())
+        except (OverflowError, TypeError):  # an integer too large for a float; an unhashable value
+            return False
 
     def errors(self, obj: Any, loc: Sequence[str | int]) -> list[dict[str, Any]]:
         """Every problem with `obj` as features, FastAPI-style (empty list: valid)."""
@@ -155,6 +187,40 @@ class Codec:
             problem = rule.problem(v)
             if problem is not None:
                 out.append(error([*loc, rule.name], problem, _kind(rule, v), v))
+        return out
+
+    def column_errors(self, columns: Any, loc: Sequence[str | int]) -> list[dict[str, Any]]:
+        """Every problem with `columns` as a columnar batch (empty list: valid); a value's entry
+        names its column and row, e.g. columns.country.3."""
+        if not isinstance(columns, dict) or not columns:
+            return [error(loc, "must be an object of feature columns, {feature: [one value per row]}, with at "
+                               "least one column", "dict_type", columns)]
+        out = [error([*loc, key], f"unknown feature; expected only {sorted(self.names)}", "extra_forbidden",
+                     columns[key]) for key in sorted(columns.keys() - self.name_set, key=str)]
+        lists = {k: v for k, v in columns.items() if k in self.name_set}
+        out += [error([*loc, k], "must be a list of values, one per row", "list_type", v)
+                for k, v in lists.items() if not isinstance(v, list)]
+        lengths = {k: len(v) for k, v in lists.items() if isinstance(v, list)}
+        if lengths:
+            n = Counter(lengths.values()).most_common(1)[0][0]  # the odd columns out are the ones named
+            first = next(k for k, m in lengths.items() if m == n)
+            if n == 0:
+                out.append(error([*loc, first], "must hold at least one value (one per row)", "too_short", []))
+            out += [error([*loc, k], f"has {m} values; {first} has {n} (every column holds one value per row)",
+                          "length_mismatch", m) for k, m in lengths.items() if m != n]
+        for rule in self.rules:
+            column = lists.get(rule.name)
+            if column is None:
+                if rule.name not in lists and not rule.nullable:
+                    out.append(error([*loc, rule.name], "is required and may not be null (a column of values, "
+                                                        "one per row)", "missing"))
+                continue
+            if not isinstance(column, list):
+                continue
+            for i, v in enumerate(column):
+                problem = rule.problem(v)
+                if problem is not None:
+                    out.append(error([*loc, rule.name, i], problem, _kind(rule, v), v))
         return out
 
     def encode_known(self, obj: Mapping[str, Any]) -> list[float]:

@@ -87,9 +87,17 @@ def empty_batch() -> RequestError:
                                      "rows: must be a non-empty list of feature objects")])
 
 
-def batch_too_long(rows: int, limit: int) -> RequestError:
-    return RequestError(413, [_entry(["body", "rows"], "too_long",
-                                     f"rows: {rows} rows is more than MAX_BATCH_ROWS={limit}", rows)])
+def batch_too_long(rows: int, limit: int, field: str = "rows") -> RequestError:
+    return RequestError(413, [_entry(["body", field], "too_long",
+                                     f"{field}: {rows} rows is more than MAX_BATCH_ROWS={limit}", rows)])
+
+
+def batch_format(given: list[str]) -> RequestError:
+    """A batch body with both `rows` and `columns`, or neither."""
+    what = "both" if given else "neither"
+    return RequestError(422, [_entry(["body"], "missing" if not given else "extra_forbidden",
+                                     f"a batch is `rows` (a list of feature objects) or `columns` (feature -> list "
+                                     f"of values, one per row), exactly one of them; this body has {what}")])
 
 
 def entity_not_found(key: Any) -> RequestError:

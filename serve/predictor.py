@@ -23,7 +23,7 @@ from serve.shadow import Shadow
 from serve.validation import check_key, check_keys
 
 log = logging.getLogger("serve.predictor")
-PREDICT_KEYS, BATCH_KEYS = {"features", "user_id"}, {"rows"}
+PREDICT_KEYS, BATCH_KEYS = {"features", "user_id"}, {"rows", "columns"}
 
 
 class Predictor:
@@ -78,17 +78,23 @@ class Predictor:
         return self._score_row(row, check_key(body.get("user_id")))
 
     def batch(self, body: Any) -> dict[str, Any]:
-        """POST /predict/batch: {"rows": [...]} -> scores in order, version."""
+        """POST /predict/batch: {"rows": [...]} or {"columns": {...}} -> scores in order, version."""
         model = self.serving()
-        rows = check_keys(body, BATCH_KEYS, BATCH_KEYS)["rows"]
-        if not isinstance(rows, list) or not rows:
-            raise errors.empty_batch()
-        if len(rows) > self.max_batch_rows:
-            raise errors.batch_too_long(len(rows), self.max_batch_rows)
-        X = self.codec.matrix(rows)
-        if X is None:
-            problems = [e for i, r in enumerate(rows) for e in self.codec.errors(r, ("rows", i))]
-            raise errors.RequestError(422, problems[:50])
+        body = check_keys(body, BATCH_KEYS, set())
+        if len(body) != 1:
+            raise errors.batch_format(sorted(body))
+        if "columns" in body:
+            X = self._columns(body["columns"])
+        else:
+            rows = body["rows"]
+            if not isinstance(rows, list) or not rows:
+                raise errors.empty_batch()
+            if len(rows) > self.max_batch_rows:
+                raise errors.batch_too_long(len(rows), self.max_batch_rows)
+            X = self.codec.matrix(rows)
+            if X is None:
+                problems = [e for i, r in enumerate(rows) for e in self.codec.errors(r, ("rows", i))]
+                raise errors.RequestError(422, problems[:50])
         started = time.perf_counter()
         scores = model.model.score(X)
         model.metrics.observe_many(scores, time.perf_counter() - started)
@@ -99,6 +105,17 @@ class Predictor:
             for score in scores.tolist():  # rows without an entity: the writer keeps a sample
                 record(None, model.version, None, score)
         return {"scores": scores.tolist(), "model_version": model.version}
+
+    def _columns(self, columns: Any) -> Any:
+        """The matrix of a columnar batch: 413 past MAX_BATCH_ROWS, else 422 naming each problem."""
+        if isinstance(columns, dict) and columns and all(isinstance(c, list) for c in columns.values()):
+            lengths = set(map(len, columns.values()))
+            if len(lengths) == 1 and (n := lengths.pop()) > self.max_batch_rows:  # else 422: lengths differ
+                raise errors.batch_too_long(n, self.max_batch_rows, "columns")
+        X = self.codec.columns(columns)
+        if X is None:
+            raise errors.RequestError(422, self.codec.column_errors(columns, ("columns",))[:50])
+        return X
 
     def flush_inputs(self) -> None:
         """Count the buffered served inputs of every loaded model into their drift bins now."""

@@ -54,10 +54,19 @@ def router(max_batch_rows: int) -> APIRouter:
         {"type": "object", "properties": {"features": features, "user_id": body_key_json_schema()},
          "required": ["features"], "additionalProperties": False},
         {"features": example, "user_id": SPEC.entity.example}) | errors.openapi_responses(400, 413, 422, 503)
+    # rows of feature objects, or the same values as columns (a third of the parsing per row)
+    columns = {"type": "object", "minProperties": 1, "additionalProperties": False,
+               "required": features["required"], "description": "feature -> its values, one per row; every "
+               "list the same length; a nullable feature left out is null in every row",
+               "properties": {name: {"type": "array", "items": schema, "minItems": 1, "maxItems": max_batch_rows}
+                              for name, schema in features["properties"].items()}}
     batch_spec = _body(
-        {"type": "object", "properties": {"rows": {"type": "array", "items": features, "minItems": 1,
-                                                   "maxItems": max_batch_rows}},
-         "required": ["rows"], "additionalProperties": False},
+        {"oneOf": [
+            {"type": "object", "properties": {"rows": {"type": "array", "items": features, "minItems": 1,
+                                                       "maxItems": max_batch_rows}},
+             "required": ["rows"], "additionalProperties": False},
+            {"type": "object", "properties": {"columns": columns}, "required": ["columns"],
+             "additionalProperties": False}]},
         {"rows": [example, example]}) | errors.openapi_responses(400, 413, 422, 503)
     user_spec = {"parameters": [{"name": "user_id", "in": "path", "required": True, "schema": key_json_schema(),
                                  "example": SPEC.entity.example}]} | errors.openapi_responses(404, 413, 422, 503)
@@ -66,7 +75,8 @@ def router(max_batch_rows: int) -> APIRouter:
     async def predict(request: Request) -> Response:
         return json_response(request.app.state.predictor.one(parse_json(await request.body())))
 
-    @api.post("/predict/batch", openapi_extra=batch_spec, summary="Score up to MAX_BATCH_ROWS rows")
+    @api.post("/predict/batch", openapi_extra=batch_spec, summary="Score up to MAX_BATCH_ROWS rows, "
+              "sent as rows or as columns")
     async def predict_batch(request: Request, predictor: PredictorDep) -> Response:
         return json_response(predictor.batch(parse_json(await request.body())))
 

@@ -1,6 +1,7 @@
 """One source of the rules: every path of features/codec.py gives the same verdict on a value.
 
-/predict (row), /predict/batch (matrix), the 422 messages (errors), the training frame check
+/predict (row), /predict/batch (matrix, and columns for the columnar body), the 422 messages
+(errors, column_errors), the training frame check
 (frame_problems) and the self-check all read the same `Rule`s; here they are held to agree on
 valid rows and on a battery of bad values for a feature of each kind of the spec.
 """
@@ -47,6 +48,11 @@ def test_valid_rows_encode_the_same_way_on_every_path(rows):
     np.testing.assert_array_equal(X, CODEC.encode_rows(rows))
     np.testing.assert_array_equal(np.array([CODEC.row(r) for r in rows]), X)
     assert all(CODEC.errors(r, ("f",)) == [] for r in rows)
+    columns = as_columns(rows)
+    np.testing.assert_array_equal(CODEC.columns(columns), X)
+    assert CODEC.column_errors(columns, ("c",)) == []
+    without = {n: v for n, v in columns.items() if n != NULLABLE.name}  # a column left out: null in every row
+    np.testing.assert_array_equal(CODEC.columns(without)[:, CODEC.names.index(NULLABLE.name)], np.nan)
     frame = pd.DataFrame([{n: r.get(n) for n in CODEC.names} for r in rows])
     frame = CODEC.with_dtypes(frame)
     assert CODEC.frame_problems(frame) == []
@@ -62,6 +68,36 @@ def test_a_bad_value_is_refused_by_every_path(rows, i):
     assert CODEC.row(bad) is None, bad
     assert CODEC.matrix([base, bad]) is None, bad
     assert all(isinstance(e["msg"], str) and e["msg"].startswith("f") for e in errors)
+    if isinstance(bad, dict):  # the same two rows as columns: refused, the entry naming column and row
+        columns = as_columns([base, bad])
+        assert CODEC.columns(columns) is None, bad
+        problems = CODEC.column_errors(columns, ("c",))
+        assert problems and all(e["msg"].startswith("c.") for e in problems), bad
+        assert {tuple(e["loc"][2:]) for e in problems} & ({(k, 1) for k in columns} | {("extra",)}), problems
+
+
+def as_columns(rows: list[dict]) -> dict[str, list]:
+    """Rows as a columnar batch: every key any row has, None where a row lacks it."""
+    return {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)}
+
+
+def wrong_shapes(rows: list[dict]) -> list[tuple]:
+    """Columnar bodies of the wrong shape, each with the loc its first entry must name."""
+    two = as_columns(rows[:2])
+    without_num = {k: v for k, v in two.items() if k != NUM.name}
+    return [({}, ()), ([], ()), ("x", ()), ({**two, "nope": [1, 2]}, ("nope",)), ({**two, NUM.name: 3}, (NUM.name,)),
+            ({**two, NUM.name: {"a": 1}}, (NUM.name,)), ({k: [] for k in two}, (next(iter(two)),)),
+            ({**two, CAT.name: two[CAT.name][:1]}, (CAT.name,)),  # one value short
+            (without_num, (NUM.name,))]  # a required feature's column left out
+
+
+@pytest.mark.parametrize("i", range(9))
+def test_a_columnar_batch_of_the_wrong_shape_is_refused_naming_where(rows, i):
+    columns, where = wrong_shapes(rows)[i]
+    assert CODEC.columns(columns) is None, columns
+    problems = CODEC.column_errors(columns, ("columns",))
+    assert problems, columns
+    assert any(tuple(e["loc"][2:2 + len(where)]) == where for e in problems), problems
 
 
 def test_the_training_frame_check_refuses_what_requests_may_not_carry(rows):

@@ -25,6 +25,8 @@ def test_the_example_request_is_valid_by_the_servers_rules():
     assert CODEC.row(body["features"]) is not None
     batch = json.loads(_features("example", "--batch"))
     assert CODEC.matrix(batch["rows"]) is not None
+    columns = json.loads(_features("example", "--columns"))
+    assert (CODEC.columns(columns["columns"]) == CODEC.matrix(batch["rows"])).all()
 
 
 def test_no_readme_copies_the_feature_table():

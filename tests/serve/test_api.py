@@ -50,6 +50,9 @@ def test_scores_equal_the_models_own_predictions(client, small_models, holdout):
     batch = client.post("/predict/batch", json={"rows": rows[:50]}).json()
     np.testing.assert_allclose(batch["scores"], expected[:50], rtol=0, atol=1e-12)
     assert all(0 <= s <= 1 for s in batch["scores"])
+    columns = {name: [r.get(name) for r in rows[:50]] for name in CODEC.names}  # the same rows as columns
+    by_column = client.post("/predict/batch", json={"columns": columns}).json()
+    assert by_column == batch
 
 
 def test_nullable_features_may_be_null_or_absent(client, holdout):
@@ -118,6 +121,19 @@ def test_batch_limits(client, holdout):
     bad = [*rows[:3], {**rows[3], NUM.name: NUM.minimum - 5}]
     response = client.post("/predict/batch", json={"rows": bad})
     assert response.status_code == 422 and f"rows.3.{NUM.name}: must be >= {NUM.minimum:g}" in response.text
+    # the same limits and messages for a columnar batch, each naming column and row
+    as_columns = lambda rs: {name: [r.get(name) for r in rs] for name in CODEC.names}  # noqa: E731
+    response = client.post("/predict/batch", json={"columns": as_columns(rows[:51])})
+    assert response.status_code == 413 and "columns: 51 rows is more than MAX_BATCH_ROWS=50" in response.text
+    response = client.post("/predict/batch", json={"columns": as_columns(bad)})
+    assert response.status_code == 422 and f"columns.{NUM.name}.3: must be >= {NUM.minimum:g}" in response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "columns", NUM.name, 3]
+    uneven = {**as_columns(rows[:3]), CAT.name: [rows[0][CAT.name]]}
+    response = client.post("/predict/batch", json={"columns": uneven})
+    assert response.status_code == 422 and f"columns.{CAT.name}: has 1 values; " in response.text
+    for body in ({}, {"rows": rows[:2], "columns": as_columns(rows[:2])}):
+        response = client.post("/predict/batch", json=body)
+        assert response.status_code == 422 and "exactly one of them" in response.text, body
 
 
 def test_no_bad_input_gets_a_500(client, holdout):
@@ -130,6 +146,14 @@ def test_no_bad_input_gets_a_500(client, holdout):
         for body in bodies:
             response = client.post(path, content=body, headers={"content-type": "application/json"})
             assert 400 <= response.status_code < 500, (path, body, response.status_code, response.text)
+    columnar = [{"columns": None}, {"columns": []}, {"columns": {"x": [1]}}, {"columns": {NUM.name: [[1]]}},
+                {"columns": {CAT.name: [{"a": 1}], NUM.name: [1]}}, {"columns": {NUM.name: [True, 1]}},
+                {"columns": {NUM.name: "1"}}, {"columns": {NUM.name: []}}, {"columns": {NULLABLE[0].name: [None]}}]
+    bodies = [json.dumps(b).encode() for b in columnar]
+    bodies += [f'{{"columns": {{"{NUM.name}": [1e999, {10**400}]}}}}'.encode()]  # inf, and beyond float range
+    for body in bodies:
+        response = client.post("/predict/batch", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422 and response.json()["detail"], (body, response.status_code, response.text)
 
 
 def test_health_ready_model_docs(client, small_models):

@@ -375,8 +375,11 @@ def test_openapi_documents_every_status_and_limit_the_server_uses(running):
                         "/predict/user/{user_id}": {"404", "422", "503"}, "/admin/reload": {"401", "404"}}.items():
         assert codes <= set(paths[path]["post"]["responses"]), path
     assert "503" in paths["/ready"]["get"]["responses"] and "503" in paths["/model"]["get"]["responses"]
-    rows = paths["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["rows"]
+    by_rows, by_columns = paths["/predict/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    rows = by_rows["properties"]["rows"]
     assert rows["minItems"] == 1
+    columns = by_columns["properties"]["columns"]["properties"]  # one list per feature, the same row limits
+    assert columns and all((c["minItems"], c["maxItems"]) == (1, rows["maxItems"]) for c in columns.values())
     (param,) = paths["/predict/user/{user_id}"]["post"]["parameters"]  # one, with the server's limits
     long_id = "x" * 10_000
     status, body = raw(server.port, post("/predict/user/" + long_id, b""))
