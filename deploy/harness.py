@@ -8,8 +8,8 @@
 The server runs in its own session on a free loopback port (or the one given), with this
 environment plus `env` (a None value unsets a variable); its output goes to `log`. Processes and
 their stopping are deploy/local_scale.py's (spawn, stop_process), so `make up` and `make down`
-treat it like any instance they start. (serve/bench.py still starts its own; `launcher` is there
-for its taskset pinning.)
+treat it like any instance they start; `make bench` starts its servers here too (`launcher`
+is its taskset pinning).
 """
 
 from __future__ import annotations

@@ -25,21 +25,19 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy.engine import make_url
 
-from deploy.local_scale import stop_process
+from deploy import harness
 from features.db import redact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,12 +300,6 @@ local f = io.open("{path.with_suffix('.json')}", "r"); wrk.body = f:read("*a"); 
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_mb(pid: int, mapped: Path | None = None) -> float:
     """Resident MB of a process, less the pages of `mapped` it has resident (SQLite's memory map of the
     database file: the OS page cache, shared by every worker and reclaimable, not the worker's memory)."""
@@ -424,26 +416,19 @@ def main(argv: list[str] | None = None) -> int:
     figures["database"] = database
 
     def start(name: str, **extra: str) -> tuple[subprocess.Popen, str, float]:
-        port = free_port()
-        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": str(args.workers),
-               "MODEL_DIR": str(model_dir), "DATABASE_URL": db_url, "PROMETHEUS_MULTIPROC_DIR": str(work / name),
-               "AB_CONFIG": str(work / "none.yml"), **extra}
         t0 = time.perf_counter()
-        process = subprocess.Popen(pinned([sys.executable, "-m", "serve"], server_cpus), env=env, cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        servers.append(process)
-        base = f"http://127.0.0.1:{port}"
-        while True:
-            try:
-                if urllib.request.urlopen(base + "/ready", timeout=1).status == 200:
-                    return process, base, time.perf_counter() - t0
-            except OSError:
-                pass
-            if time.perf_counter() - t0 > 120 or process.poll() is not None:
-                raise RuntimeError(f"bench: the {name} server did not become ready")
-            time.sleep(0.05)
+        server = harness.start(work / f"{name}.log", {
+            "WEB_CONCURRENCY": str(args.workers), "MODEL_DIR": str(model_dir), "DATABASE_URL": db_url,
+            "PROMETHEUS_MULTIPROC_DIR": str(work / name), "AB_CONFIG": str(work / "none.yml"), **extra},
+            launcher=pinned([], server_cpus))
+        servers.append(server)
+        try:
+            server.wait_ready(120)
+        except harness.ServerError as exc:
+            raise RuntimeError(f"bench: the {name} server did not become ready: {exc}") from None
+        return server.process, server.url, time.perf_counter() - t0
 
-    servers: list[subprocess.Popen] = []
+    servers: list[harness.Server] = []
     try:
         try:
             server, base, ready_s = start("prom")
@@ -478,8 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         db_file = Path(make_url(db_url).database) if database == "sqlite" else None
         rss = [rss_mb(int(pid), db_file) for pid in children]
     finally:
-        for process in servers:
-            stop_process(process, 30)
+        for running in servers:
+            running.stop(30)
         shutil.rmtree(work, ignore_errors=True)
 
     health, predict, user, batches, by_column = (

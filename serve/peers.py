@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
+from deploy.harness import free_port
 from deploy.local_scale import stop_process
-from serve.bench import ROOT, combine, ensure_model, free_port, lua_post, spread, wrk
+from serve.bench import ROOT, combine, ensure_model, lua_post, spread, wrk
 
 MLSERVER = ("mlserver==1.7.1", "mlserver-lightgbm==1.7.1",
             "uvloop==0.21.0")  # mlserver 1.7.1 does not start with uvloop 0.22
