@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from deploy import harness
+from features.schema import FEATURES
 from serve import chaos
 from serve.chaos import HOSTILE_BODIES, batch_body, get, post, raw, rss_mb, wait_for, workers_of
 from tests.conftest import ROOT, copy_registry, free_port
@@ -81,6 +82,38 @@ def test_hostile_json_gets_a_4xx_never_a_500(running, path):
         assert len(reply) < 20_000, f"{name}: the error body echoes the input ({len(reply)} bytes)"
         json.loads(reply)
     assert metric(server, 'http_requests_total{method="POST",route="' + path + '",status="5xx"}') == before
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_hostile_columnar_batches_get_a_4xx_never_a_500(running):
+    server, _ = running
+    # a categorical feature where the spec has one: its message quotes the value it refuses
+    name = next((f.name for f in FEATURES if f.kind == "categorical"), FEATURES[0].name)
+    bodies = {
+        "a column of 1,000-deep arrays": b'{"columns": {"' + name.encode() + b'": ' + b"[" * 1000 + b"]" * 1000 + b"}}",
+        "a 5,000-digit integer in a column": b'{"columns": {"' + name.encode() + b'": [' + b"9" * 5000 + b"]}}",
+        "a NaN, then deep arrays": b'{"columns": {"' + name.encode() + b'": [NaN], "y": ' + b"[" * 990 + b"]" * 990 + b"}}",
+        "20,000 unknown columns": json.dumps({"columns": {f"c{i}": [1] for i in range(20_000)}}).encode(),
+        "one column of 200,000 values": json.dumps({"columns": {name: [1] * 200_000}}).encode(),
+        "2,000 columns of other lengths": json.dumps({"columns": {name: [1], **{f"c{i}": [1] * (i % 7)
+                                                                                 for i in range(2_000)}}}).encode(),
+        "columns of objects": json.dumps({"columns": {name: [{"a": [1]}] * 500}}).encode(),
+    }
+    deep = b"[" * 1000 + b"]" * 1000  # a known feature's value 1,000 deep, on every path: its 422 message
+    bodies["rows: a known feature of 1,000-deep arrays"] = b'{"rows": [{"' + name.encode() + b'": ' + deep + b"}]}"
+    before_one = metric(server, 'http_requests_total{method="POST",route="/predict",status="5xx"}')
+    status, reply = raw(server.port, post("/predict", b'{"features": {"' + name.encode() + b'": ' + deep + b"}}"))
+    assert status == 422 and len(reply) < 20_000, (status, reply[:300])
+    assert metric(server, 'http_requests_total{method="POST",route="/predict",status="5xx"}') == before_one
+    before = metric(server, 'http_requests_total{method="POST",route="/predict/batch",status="5xx"}')
+    for what, body in bodies.items():
+        started = time.monotonic()
+        status, reply = raw(server.port, post("/predict/batch", body))
+        assert 400 <= status < 500, f"{what}: {status} {reply[:300]!r}"
+        assert len(reply) < 20_000, f"{what}: the error body echoes the input ({len(reply)} bytes)"
+        assert time.monotonic() - started < 2, what
+        json.loads(reply)
+    assert metric(server, 'http_requests_total{method="POST",route="/predict/batch",status="5xx"}') == before
     assert "Traceback" not in server.log.read_text()
 
 
