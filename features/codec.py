@@ -17,7 +17,6 @@ the schema's `values` (LightGBM reads those columns as categorical).
 from __future__ import annotations
 
 import math
-import reprlib
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from features.schema import FEATURES, Feature
+from features.spec import shown
 
 NAN = float("nan")
 _BIG = sys.float_info.max  # a bound of +-max also refuses +-inf; NaN fails every comparison
@@ -52,7 +52,7 @@ class Rule:
         if v is None:
             return None if self.nullable else "is required and may not be null"
         if self.codes is not None:
-            return None if type(v) is str and v in self.codes else f"must be one of {list(f.values)}, got {_shown(v)}"
+            return None if type(v) is str and v in self.codes else f"must be one of {list(f.values)}, got {shown(v)}"
         if isinstance(v, bool) or not isinstance(v, int | float):
             return f"must be a number, got {type(v).__name__}"
         if isinstance(v, float) and not math.isfinite(v):
@@ -62,15 +62,6 @@ class Rule:
         if v > self.high:
             return f"must be <= {f.maximum:g}, got {v}"
         return None
-
-
-_SHOWN = reprlib.Repr()
-_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlist, _SHOWN.maxdict = 2, 60, 60, 4, 4
-
-
-def _shown(v: Any) -> str:
-    """A value for a message: repr, but short and shallow (a 1,000-deep list must not recurse)."""
-    return _SHOWN.repr(v)
 
 
 def _rule(f: Feature) -> Rule:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import keyword
 import re
+import reprlib
 from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -42,6 +43,16 @@ def _identifier(value: str, what: str) -> str:
     return value
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlist, _SHOWN.maxdict = 2, 40, 40, 4, 4
+
+
+def shown(value: Any) -> str:
+    """A client's value as a message quotes it: repr, short and shallow (a 1,000-deep list must not
+    recurse, a 5,000-digit integer must not fill the message)."""
+    return _SHOWN.repr(value)
+
+
 class Entity(_Strict):
     """The prediction unit: its name, its key column and the key's type."""
 
@@ -62,16 +73,15 @@ class Entity(_Strict):
         """A key from a path, a JSON body or a config file, in the key's type; ValueError if not one."""
         if self.type == "integer":
             if isinstance(raw, bool):
-                raise ValueError(f"must be an integer {self.name} id, got {raw!r}")
+                raise ValueError(f"must be an integer {self.name} id, got {shown(raw)}")
             if isinstance(raw, int):
                 value = raw
             elif isinstance(raw, str) and re.fullmatch(r"[+-]?[0-9]{1,19}", raw.strip()):
                 value = int(raw)
             else:
-                shown = raw[:40] + "..." if isinstance(raw, str) and len(raw) > 40 else raw
-                raise ValueError(f"must be an integer {self.name} id, got {shown!r}")
+                raise ValueError(f"must be an integer {self.name} id, got {shown(raw)}")
             if not INT64[0] <= value <= INT64[1]:
-                raise ValueError(f"must be a 64-bit integer {self.name} id, got {value}")
+                raise ValueError(f"must be a 64-bit integer {self.name} id, got {shown(value)}")
             return value
         if isinstance(raw, int) and not isinstance(raw, bool):
             raw = str(raw)
