@@ -152,25 +152,24 @@ class Codec:
 
     @staticmethod
     def _fill(X: np.ndarray, j: int, rule: Rule, column: list) -> bool:
-        """Encode one column's values into X[:, j]; False when any breaks `rule` (Rule.problem's verdict)."""
+        """Encode one column's values into X[:, j]; False when any breaks `rule` (Rule.problem's verdict).
+
+        numpy stores None as NaN; a NaN is then either a None (counted) or a value the rules refuse.
+        """
         try:
             if rule.codes is not None:
                 encoded = list(map(rule.codes.get, column))  # non-strings are never keys: None
-                if None in encoded and not (rule.nullable and _only_missing_unknown(column, encoded)):
-                    return False
-                X[:, j] = [NAN if c is None else c for c in encoded] if None in encoded else encoded
-                return True
+                X[:, j] = encoded
+                return not np.isnan(X[:, j]).any() or (rule.nullable and _only_missing_unknown(column, encoded))
             kinds = set(map(type, column))
             if not kinds <= _NUMBER_OR_NONE:
                 return False
+            X[:, j] = column
+            values = X[:, j]
             if type(None) in kinds:
-                if not rule.nullable:
-                    return False
-                X[:, j] = [NAN if v is None else v for v in column]
-                values = X[:, j][np.array([v is not None for v in column])]
-            else:
-                X[:, j] = column
-                values = X[:, j]
+                if not rule.nullable or np.count_nonzero(np.isnan(values)) != column.count(None):
+                    return False  # a null where none may be, or a NaN the client sent
+                return not ((values < rule.low).any() or (values > rule.high).any())  # NaN compares False
             # the same verdict as Rule.problem, in two C passes: NaN and +-inf fail a bound too
             return bool((values >= rule.low).all() and (values <= rule.high).all())
         except (OverflowError, TypeError):  # an integer too large for a float; an unhashable value
