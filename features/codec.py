@@ -58,9 +58,9 @@ class Rule:
         if isinstance(v, float) and not math.isfinite(v):
             return f"must be a finite number, got {v}"
         if v < self.low:
-            return f"must be >= {f.minimum:g}, got {v}"
+            return f"must be >= {f.minimum:g}, got {shown(v)}"
         if v > self.high:
-            return f"must be <= {f.maximum:g}, got {v}"
+            return f"must be <= {f.maximum:g}, got {shown(v)}"
         return None
 
 

@@ -113,6 +113,23 @@ def test_the_training_frame_check_refuses_what_requests_may_not_carry(rows):
         assert any(words in p for p in problems), (name, problems)
 
 
+def test_a_refusal_quotes_the_value_short_and_shallow():
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    for feature, value in ((CAT, deep), (CAT, "x" * 10_000), (NUM, 10**4000), (NUM, -(10**4000))):
+        (entry,) = CODEC.errors({**{f.name: None for f in FEATURES if f.nullable}, **_required(), feature.name: value},
+                                ("f",))
+        assert entry["loc"] == ["body", "f", feature.name] and len(entry["msg"]) < 300, entry["msg"][:300]
+
+
+def _required() -> dict:
+    """A valid value for every required feature (the schema's example)."""
+    from features.schema import example_features
+
+    return {k: v for k, v in example_features().items() if not next(f for f in FEATURES if f.name == k).nullable}
+
+
 def test_echoed_input_is_json_safe_and_short():
     assert safe_input(10**400) == "<integer of 401 digits>"
     assert safe_input(float("nan")) == "nan"
