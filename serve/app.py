@@ -63,6 +63,7 @@ def create_app(settings: Settings, *, store: ModelStore | None = None, exposures
         poller = asyncio.create_task(_poll(store, settings.model_poll_seconds, reloads, predictor, realized))
         yield
         poller.cancel()
+        predictor.flush_metrics()  # the last scores and inputs of this worker, before it exits
         await asyncio.to_thread(shadow.close, 2.0)
         await asyncio.to_thread(exposures.close, 5.0)
         if predictions is not None:
@@ -107,7 +108,7 @@ async def _poll(store: ModelStore, every: float, reloads: ReloadRequests, predic
     while True:
         await asyncio.sleep(every)
         try:
-            predictor.flush_inputs()  # on the loop, like the requests that fill the buffers
+            predictor.flush_metrics()  # on the loop, like the requests that fill the buffers
             await asyncio.to_thread(realized.refresh)
             await asyncio.to_thread(store.refresh, reloads.pending())  # another worker's /admin/reload: force
         except Exception:  # the poller must outlive any one bad reload

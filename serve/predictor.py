@@ -117,9 +117,11 @@ class Predictor:
             raise errors.RequestError(422, self.codec.column_errors(columns, ("columns",))[:50])
         return X
 
-    def flush_inputs(self) -> None:
-        """Count the buffered served inputs of every loaded model into their drift bins now."""
+    def flush_metrics(self) -> None:
+        """Count what every loaded model has buffered now: its /predict scores (ModelMetrics.observe_one)
+        and its served inputs (the drift bins)."""
         for model in self.store.state.models.values():
+            model.metrics.flush_pending()
             if model.metrics.inputs is not None:
                 model.metrics.inputs.flush()
 

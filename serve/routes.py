@@ -122,7 +122,7 @@ def router(max_batch_rows: int) -> APIRouter:
 
     @api.get("/metrics", summary="Prometheus metrics (all workers)")
     async def metrics(request: Request) -> Response:
-        request.app.state.predictor.flush_inputs()
+        request.app.state.predictor.flush_metrics()
         body, content_type = prom.render_latest()
         return Response(body, media_type=content_type)
 

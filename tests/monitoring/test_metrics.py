@@ -324,3 +324,37 @@ def test_observe_many_counts_like_observe_one_at_a_time():
                            ("model_predictions_total", (("variant", "control"),)): 4.0}
     assert {k: v for k, v in by_variant.items() if k[0] != "model_predictions_total"} == \
         {k: v for k, v in samples("single-v").items() if k[0] != "model_predictions_total"}
+
+
+def test_in_a_server_single_scores_are_counted_in_bulk_within_the_pending_window():
+    """observe_one under a running event loop buffers; the loop's timer counts the window at once."""
+    import asyncio
+
+    from monitoring import metrics
+
+    meta = {"created_at": "2026-11-28T00:00:00Z", "model_type": "lightgbm",
+            "score_baseline": {"edges": [0.0, 0.1, 0.25, 0.5, 1.0], "fractions": [0.25] * 4}}
+    model = register("pending-v", meta)
+
+    def predictions(variant: str) -> float:
+        return REGISTRY.get_sample_value("model_predictions_total",
+                                         {"model_version": "pending-v", "variant": variant}) or 0.0
+
+    def latencies() -> float:
+        return REGISTRY.get_sample_value("model_inference_latency_seconds_count", {"model_version": "pending-v"}) or 0.0
+
+    async def serve() -> list[tuple[float, float, float]]:
+        seen = []
+        for i in range(10):
+            model.observe_one(0.05 * i, 0.001, "treatment" if i % 2 else None)
+        seen.append((predictions("none"), predictions("treatment"), latencies()))  # buffered
+        await asyncio.sleep(metrics.PENDING_SECONDS * 3)
+        seen.append((predictions("none"), predictions("treatment"), latencies()))  # the timer counted them
+        model.observe_one(0.9, 0.002)
+        model.flush_pending()  # what /metrics, the poll and shutdown do
+        seen.append((predictions("none"), predictions("treatment"), latencies()))
+        return seen
+
+    assert asyncio.run(serve()) == [(0.0, 0.0, 0.0), (5.0, 5.0, 10.0), (6.0, 5.0, 11.0)]
+    assert REGISTRY.get_sample_value("model_prediction_score_bin_total",
+                                     {"model_version": "pending-v", "bin": "3"}) == 1.0  # 0.9 in [0.5, 1.0]

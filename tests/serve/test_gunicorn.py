@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from deploy import harness
+from monitoring.metrics import PENDING_SECONDS
 from tests.conftest import copy_registry
 
 
@@ -136,12 +137,22 @@ def test_metrics_add_up_across_workers(server_and_registry, small_models):
     features = _features(registry, small_models[1])
     for _ in range(40):
         assert server.request("POST", "/predict", {"features": features})[0] == 200
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    conn.request("GET", "/metrics")
-    text = conn.getresponse().read().decode()
-    total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                if line.startswith("model_predictions_total{"))
-    assert total == 40
+
+    def scrape() -> tuple[str, float]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        return text, sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                         if line.startswith("model_predictions_total{"))
+
+    # each worker counts its /predict scores in bulk within PENDING_SECONDS (50 ms) of the first
+    # of a window: a scrape right after the last request may miss the other worker's last window
+    deadline, totals = time.monotonic() + 10 * PENDING_SECONDS, []
+    while not totals or (totals[-1] < 40 and time.monotonic() < deadline):
+        text, total = scrape()
+        totals.append(total)
+        time.sleep(PENDING_SECONDS / 5)
+    assert totals[-1] == 40 and max(totals) == 40, totals
     baseline = [line for line in text.splitlines() if line.startswith("model_prediction_baseline_bin_fraction{")]
     assert len(baseline) == 10 and sum(float(b.rsplit(" ", 1)[1]) for b in baseline) == pytest.approx(1)
 

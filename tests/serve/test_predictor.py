@@ -165,11 +165,11 @@ def test_served_inputs_are_counted_into_each_features_training_bins(predictor, f
                                              {"model_version": v1, "feature": feature, "bin": b}) or 0
                    for b in next(x for x in baselines if x.name == feature).bins())
 
-    predictor.flush_inputs()  # what earlier tests left in the buffer
+    predictor.flush_metrics()  # what earlier tests left in the buffer
     before = {b.name: served(b.name) for b in baselines}
     rows = feature_rows(frame)
     for row in rows[:5]:
         predictor.one({"features": row})
     predictor.batch({"rows": rows[:3]})
-    predictor.flush_inputs()  # the poll loop and /metrics do this
+    predictor.flush_metrics()  # the poll loop and /metrics do this
     assert {b.name: served(b.name) - before[b.name] for b in baselines} == {b.name: 8 for b in baselines}
