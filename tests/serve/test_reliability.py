@@ -339,6 +339,50 @@ def test_an_unusable_host_is_one_line(host):
 
 
 # -- the private gunicorn API serve/worker.py relies on, in the pinned gunicorn ---------------------
+def test_a_response_head_goes_out_with_its_body_in_one_write():
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+    from serve.worker import CONTINUE, OneWrite
+
+    class Recording:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        def close(self) -> None:
+            self.closed = True
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def get_extra_info(self, name: str) -> str:
+            return f"info {name}"
+
+    head, body = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", b"{}"
+    sent = Recording()
+    cycle = OneWrite(sent)
+    cycle.write(CONTINUE)  # 100 Continue goes at once; the head waits for the body
+    cycle.write(head)
+    assert sent.writes == [CONTINUE]
+    cycle.write(body)
+    cycle.write(b"more")  # a streamed body's later parts go as they come
+    assert sent.writes == [CONTINUE, head + body, b"more"]
+    assert cycle.get_extra_info("peername") == "info peername" and not cycle.is_closing()
+    failed = Recording()
+    cycle = OneWrite(failed)
+    cycle.write(head)
+    cycle.close()  # the app failed after the head: the head goes, then the connection closes
+    assert failed.writes == [head] and failed.closed
+    # what OneWrite relies on in uvicorn: the cycle writes through its own `transport`, and the
+    # protocol makes the cycle in on_headers_complete (serve/worker.py then wraps it)
+    assert "self.transport = transport" in inspect.getsource(RequestResponseCycle.__init__)
+    assert 'self.transport.write(b"".join(content))' in inspect.getsource(RequestResponseCycle.send)
+    assert "self.cycle = RequestResponseCycle(" in inspect.getsource(HttpToolsProtocol.on_headers_complete)
+
+
 def test_the_patched_gunicorn_internals_are_what_serve_worker_expects():
     import gunicorn
     from gunicorn import sock
