@@ -15,7 +15,6 @@ import csv
 import hashlib
 import os
 import re
-import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -42,9 +41,15 @@ class RegistryUnavailable(RegistryError):
 
 
 def new_version(now: datetime | None = None) -> str:
-    """A version id that sorts by time: YYYYMMDDTHHMMSSZ-<6 hex>."""
+    """A version id that sorts by time: YYYYMMDDTHHMMSSZ-<6 hex>, the hex being the microsecond.
+
+    It was random: two versions made in one second (a fast training run, two trainers) then
+    listed in either order, and "oldest first" was a coin toss. Two writers in one microsecond
+    cannot overwrite each other either: a version's folder, or its meta.json in an object store,
+    is created only if absent.
+    """
     now = now or datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    return f"{now:%Y%m%dT%H%M%SZ}-{now.microsecond:06x}"
 
 
 ANY = object()

@@ -136,8 +136,14 @@ def test_writers_killed_midway_leave_nothing_visible(tmp_path, s3_env, small_mod
     try:
         assert writers[between].stdout.readline().strip() == "in extra", writers[between].stderr.read()
         assert f"models/versions/{between}/model.joblib" in keys(s3_env, url)
-        _wait_for(lambda: s3_env.client().list_multipart_uploads(Bucket=bucket).get("Uploads"), 30,
-                  "the multipart upload of the 40 MB file to start")
+        try:
+            _wait_for(lambda: s3_env.client().list_multipart_uploads(Bucket=bucket).get("Uploads"), 30,
+                      "the multipart upload of the 40 MB file to start")
+        except AssertionError as exc:  # say what the writer did instead
+            writers[midway].kill()
+            out, err = writers[midway].communicate(timeout=10)
+            raise AssertionError(f"{exc}; the writer (exit {writers[midway].returncode}) said: "
+                                 f"{out!r} {err[-2000:]!r}") from None
         for writer in writers.values():
             writer.kill()
             writer.wait(10)
