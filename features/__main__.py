@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "key":
         print(SPEC.entity.example)
     elif args.columns:
-        print(json.dumps({"columns": {name: [value, value] for name, value in example_features().items()}}))
+        from features.codec import as_columns  # numpy and pandas: only for this command
+
+        print(json.dumps({"columns": as_columns([example_features(), example_features()])}))
     elif args.batch:
         print(json.dumps({"rows": [example_features(), example_features()]}))
     else:

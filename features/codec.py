@@ -295,6 +295,12 @@ class Codec:
         return frame
 
 
+def as_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+    """Rows as a columnar batch (what `Codec.columns` reads): every key any row has, in the order
+    first seen, with None where a row lacks it."""
+    return {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)}
+
+
 def _only_missing_unknown(column: list, encoded: list) -> bool:
     """A nullable categorical column whose unencodable entries are all None."""
     return all(v is None for v, c in zip(column, encoded, strict=True) if c is None)

@@ -38,6 +38,7 @@ import numpy as np
 from sqlalchemy.engine import make_url
 
 from deploy import harness
+from features.codec import as_columns
 from features.db import redact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +96,7 @@ def in_process(registry, version: str, db_url: str) -> dict[str, float]:
     batch = codec.matrix(rows)
     out["batch of 1,000: parse (orjson), rows/s"] = 1000 * per_second(lambda: orjson.loads(batch_body), 0.5)
     out["batch of 1,000: validate+encode (matrix), rows/s"] = 1000 * per_second(lambda: codec.matrix(rows), 0.5)
-    columns_body = json.dumps({"columns": batch_columns(rows)}).encode()
+    columns_body = json.dumps({"columns": as_columns(rows)}).encode()
     out["batch of 1,000 as columns: parse (orjson), rows/s"] = 1000 * per_second(
         lambda: orjson.loads(columns_body), 0.5)
     columns = orjson.loads(columns_body)["columns"]
@@ -129,11 +130,6 @@ def batch_rows(meta: dict, n: int = 1000) -> list[dict]:
     """n feature rows for the batch figures: the model's self-check rows, repeated."""
     rows = [r.features for r in meta.self_check]
     return (rows * (n // len(rows) + 1))[:n]
-
-
-def batch_columns(rows: list[dict]) -> dict[str, list]:
-    """The same rows as a columnar batch: feature -> its values, one per row."""
-    return {name: [r.get(name) for r in rows] for name in dict.fromkeys(k for r in rows for k in r)}
 
 
 def ceiling(calls: dict[str, float], fmt: str) -> float:
@@ -441,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         row = meta.self_check[0].features
         single = lua_post(work / "predict.lua", {"features": row})
         batch = lua_post(work / "batch.lua", {"rows": batch_rows(meta)})
-        batch_cols = lua_post(work / "columns.lua", {"columns": batch_columns(batch_rows(meta))})
+        batch_cols = lua_post(work / "columns.lua", {"columns": as_columns(batch_rows(meta))})
         by_id = lua_user_ids(work / "user.lua", keys)
         wrk(base + "/health", 2, args.connections, **load)  # warm-up
         wrk(base + "/", 2, args.connections, by_id, **load)  # warm-up: every worker's pool and statement

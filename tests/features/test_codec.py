@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from features.build import build_training_frame, feature_rows, training_as_of_dates
-from features.codec import CODEC, safe_input
+from features.codec import CODEC, as_columns, safe_input
 from features.db import make_engine
 from features.schema import FEATURES
 
@@ -74,11 +74,6 @@ def test_a_bad_value_is_refused_by_every_path(rows, i):
         problems = CODEC.column_errors(columns, ("c",))
         assert problems and all(e["msg"].startswith("c.") for e in problems), bad
         assert {tuple(e["loc"][2:]) for e in problems} & ({(k, 1) for k in columns} | {("extra",)}), problems
-
-
-def as_columns(rows: list[dict]) -> dict[str, list]:
-    """Rows as a columnar batch: every key any row has, None where a row lacks it."""
-    return {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)}
 
 
 def wrong_shapes(rows: list[dict]) -> list[tuple]:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from features.build import feature_rows
-from features.codec import CODEC
+from features.codec import CODEC, as_columns
 from features.db import make_engine
 from features.schema import FEATURE_NAMES, FEATURES
 from features.spec import SPEC
@@ -50,8 +50,7 @@ def test_scores_equal_the_models_own_predictions(client, small_models, holdout):
     batch = client.post("/predict/batch", json={"rows": rows[:50]}).json()
     np.testing.assert_allclose(batch["scores"], expected[:50], rtol=0, atol=1e-12)
     assert all(0 <= s <= 1 for s in batch["scores"])
-    columns = {name: [r.get(name) for r in rows[:50]] for name in CODEC.names}  # the same rows as columns
-    by_column = client.post("/predict/batch", json={"columns": columns}).json()
+    by_column = client.post("/predict/batch", json={"columns": as_columns(rows[:50])}).json()  # the same rows
     assert by_column == batch
 
 
@@ -122,7 +121,6 @@ def test_batch_limits(client, holdout):
     response = client.post("/predict/batch", json={"rows": bad})
     assert response.status_code == 422 and f"rows.3.{NUM.name}: must be >= {NUM.minimum:g}" in response.text
     # the same limits and messages for a columnar batch, each naming column and row
-    as_columns = lambda rs: {name: [r.get(name) for r in rs] for name in CODEC.names}  # noqa: E731
     response = client.post("/predict/batch", json={"columns": as_columns(rows[:51])})
     assert response.status_code == 413 and "columns: 51 rows is more than MAX_BATCH_ROWS=50" in response.text
     response = client.post("/predict/batch", json={"columns": as_columns(bad)})

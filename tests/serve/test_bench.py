@@ -130,13 +130,13 @@ def test_online_figures_come_from_the_servers_own_path_on_both_databases(which, 
 def test_the_columnar_batch_is_the_same_rows_and_the_ceiling_is_the_models_share():
     import numpy as np
 
-    from features.codec import CODEC
+    from features.codec import CODEC, as_columns
     from features.schema import example_features
-    from serve.bench import batch_columns, ceiling
+    from serve.bench import ceiling
 
     rows = [example_features(), {**example_features()}]
     rows[1].pop(next(f.name for f in CODEC.features if f.nullable))  # absent in one row: None in its column
-    np.testing.assert_array_equal(CODEC.columns(batch_columns(rows)), CODEC.matrix(rows))
+    np.testing.assert_array_equal(CODEC.columns(as_columns(rows)), CODEC.matrix(rows))
     calls = {"model only: 1,000-row batches, rows/s": 400.0,  # 2.5 ms a row, parse 1 ms, validate 1.5 ms
              "batch of 1,000: parse (orjson), rows/s": 1000.0, "batch of 1,000: validate+encode (matrix), rows/s": 1e9,
              "batch of 1,000 as columns: parse (orjson), rows/s": 1000.0,
