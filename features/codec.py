@@ -209,15 +209,13 @@ class Codec:
             out += [error([*loc, k], f"has {m} values; {first} has {n} (every column holds one value per row)",
                           "length_mismatch", m) for k, m in lengths.items() if m != n]
         for rule in self.rules:
-            column = lists.get(rule.name)
-            if column is None:
-                if rule.name not in lists and not rule.nullable:
+            if rule.name not in lists:
+                if not rule.nullable:
                     out.append(error([*loc, rule.name], "is required and may not be null (a column of values, "
                                                         "one per row)", "missing"))
                 continue
-            if not isinstance(column, list):
-                continue
-            for i, v in enumerate(column):
+            column = lists[rule.name]
+            for i, v in enumerate(column if isinstance(column, list) else ()):  # not a list: named above
                 problem = rule.problem(v)
                 if problem is not None:
                     out.append(error([*loc, rule.name, i], problem, _kind(rule, v), v))
