@@ -129,13 +129,19 @@ def test_writers_killed_midway_leave_nothing_visible(tmp_path, s3_env, small_mod
     bucket = url.removeprefix("s3://").split("/")[0]
     registry = open_registry(url, tmp_path / "cache")
     between, midway = v1[:-6] + "abcdef", v1[:-6] + "fedcba"
-    writers = {new: subprocess.Popen([*WRITER, "write", url, str(tmp_path / new), str(source.root), v1, new, mode],
-                                     cwd=ROOT, env={**s3_env.env, "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-               for new, mode in ((between, "sleep"), (midway, "big"))}
+
+    def writer(new: str, mode: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([*WRITER, "write", url, str(tmp_path / new), str(source.root), v1, new, mode],
+                                cwd=ROOT, env={**s3_env.env, "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    # One after the other: a write's cleanup aborts multipart uploads older than an hour, and moto
+    # dates every upload 2010, so a second writer's cleanup would abort the first one's upload.
+    writers = {between: writer(between, "sleep")}
     try:
         assert writers[between].stdout.readline().strip() == "in extra", writers[between].stderr.read()
         assert f"models/versions/{between}/model.joblib" in keys(s3_env, url)
+        writers[midway] = writer(midway, "big")
         try:
             _wait_for(lambda: s3_env.client().list_multipart_uploads(Bucket=bucket).get("Uploads"), 30,
                       "the multipart upload of the 40 MB file to start")
