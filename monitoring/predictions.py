@@ -129,13 +129,21 @@ class PredictionLogWriter(ExposureWriter):
             create_table(engine)
             self._table_ready = True
             self._insert = _insert_statement(engine)
+            self._copy = f"COPY prediction_log ({', '.join(_COLUMNS)}) FROM STDIN"
         canonical = SPEC.entity.canonical
         stamp = _SqliteTime() if engine.dialect.name == "sqlite" else _naive_utc
-        # plain tuples through the driver's executemany: a few microseconds a row, on the writer
-        # thread, which shares the GIL with the requests
+        copy_in = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+        # plain tuples, on the writer thread, which shares the GIL with the requests: on Postgres
+        # through COPY (about 2 us of CPU a row against 8-10 for psycopg's executemany), else
+        # through the driver's executemany (sqlite3's is C)
         rows = [(stamp(t), None if e is None else canonical(e), m, v, s, k) for t, k, e, m, v, s in batch]
         with engine.begin() as conn:
-            conn.exec_driver_sql(self._insert, rows)
+            if copy_in:
+                with conn.connection.driver_connection.cursor() as cursor, cursor.copy(self._copy) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                conn.exec_driver_sql(self._insert, rows)
             if time.monotonic() - self._pruned_at > PRUNE_EVERY_S or not self._pruned_at:
                 self._pruned_at = time.monotonic()
                 deleted = prune(conn, self.retention_days)

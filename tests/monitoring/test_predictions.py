@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from features.db import make_engine
 from monitoring.predictions import SHADOW, PredictionLogWriter, create_table, prediction_log
-from tests.conftest import some_keys
+from tests.conftest import some_keys, throwaway_database
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def log_url(request, tmp_path) -> Iterator[str]:
+    """An empty database of each kind: the writer's SQLite path (executemany) and its Postgres one (COPY)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'log.db'}"
+    else:
+        with throwaway_database(request.getfixturevalue("postgres_server"), "bms_log") as url:
+            yield url
 
 
 def rows(url: str) -> list[dict]:
@@ -16,20 +28,23 @@ def rows(url: str) -> list[dict]:
         return [dict(r._mapping) for r in conn.execute(sa.select(prediction_log).order_by(prediction_log.c.id))]
 
 
-def test_every_prediction_with_an_entity_and_a_sample_of_the_rest(tmp_path):
-    url = f"sqlite:///{tmp_path / 'log.db'}"
+def test_every_prediction_with_an_entity_and_a_sample_of_the_rest(log_url):
+    url = log_url
     writer = PredictionLogWriter(url, sample_without_entity=0.0)
     keys = some_keys(3)
+    before = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     for i, key in enumerate(keys):
         writer.record(key, "v1", "control" if i else None, 0.25 * i)
     for _ in range(50):
         writer.record(None, "v1", None, 0.5)  # sample 0: none kept
-    writer.record(keys[0], "v2", None, 0.9, kind=SHADOW)
+    writer.record(keys[0], "v2", "tab\there \\N", 0.9, kind=SHADOW)  # COPY's delimiter and null mark
     assert writer.close(5)
     logged = rows(url)
     assert [(r["entity_id"], r["model_version"], r["variant"], r["score"], r["kind"]) for r in logged] == [
         (str(keys[0]), "v1", None, 0.0, "served"), (str(keys[1]), "v1", "control", 0.25, "served"),
-        (str(keys[2]), "v1", "control", 0.5, "served"), (str(keys[0]), "v2", None, 0.9, "shadow")]
+        (str(keys[2]), "v1", "control", 0.5, "served"), (str(keys[0]), "v2", "tab\there \\N", 0.9, "shadow")]
+    after = datetime.now(UTC).replace(tzinfo=None)
+    assert all(before <= r["ts"] <= after for r in logged), [r["ts"] for r in logged]  # naive UTC, both ways
     assert writer.recorded_total == 4 and writer.lost_total == 0
 
     every = PredictionLogWriter(url, sample_without_entity=1.0)
