@@ -17,22 +17,27 @@ the worker's other requests at most that long; a lock held by a writer, or an en
 take longer, falls through to the thread with the full bounds. (So the SQLite file must be local:
 on a network filesystem a read can block in the kernel, where no time limit reaches.)
 
-At most POOL_SIZE threads per worker run a by-entity read at once (`OnlineFeatures.slots`); the
-other requests wait their turn on the event loop, first come first served, for at most the pool
-wait. Without that bound, 16 requests of wrk's 32 on a worker were 16 threads contending for 4
-connections and the GIL: +18% by-id req/s on Postgres in an A/B (serve/README.md).
+At most POOL_SIZE threads per worker run a by-entity read at once (`ReadSlots`); the other
+requests wait their turn on the event loop, first come first served, for at most the pool wait.
+Without that bound, 16 requests of wrk's 32 on a worker were 16 threads contending for 4
+connections and the GIL: +18% by-id req/s on Postgres in an A/B (serve/README.md). The hop is
+asyncio's own (a semaphore, `run_in_executor` on the slots' thread pool, `asyncio.timeout`):
+anyio's `to_thread` with a CapacityLimiter and two cancel scopes cost about 40 us more CPU per
+request, 6% of a by-id request on Postgres.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -67,35 +72,57 @@ def log_pool_full() -> None:
                   "database?); /predict/user answers 503 meanwhile", POOL_SIZE, POOL_WAIT_SECONDS)
 
 
-async def within_limit(features: Callable[..., dict[str, Any]], key: Any, inline_first: bool = False,
-                       slots: anyio.CapacityLimiter | None = None) -> dict[str, Any]:
-    """features(key) on a worker thread, answered 503 after REQUEST_LIMIT_SECONDS. The thread is
-    abandoned, not killed: it holds its pooled connection until the database answers or drops it,
-    so a frozen database costs at most the pool's 4 connections, and later requests a 1 s pool wait.
+class ReadSlots:
+    """POOL_SIZE slots for by-entity reads on threads, and the threads (within_limit). Made in the
+    worker, used from its event loop (the semaphore binds to the loop that first waits on it)."""
+
+    def __init__(self, size: int = POOL_SIZE) -> None:
+        self.semaphore = asyncio.Semaphore(size)  # first come first served
+        # More threads than slots: a read abandoned past REQUEST_LIMIT_SECONDS keeps its thread
+        # (and its connection) but gives back its slot, and the next read needs a thread of its own.
+        # Idle threads are reused, so under load there are about `size` of them.
+        self.executor = ThreadPoolExecutor(max_workers=size * 8, thread_name_prefix="by-entity")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def within_limit(features: Callable[..., dict[str, Any]], key: Any, inline_first: bool,
+                       slots: ReadSlots) -> dict[str, Any]:
+    """features(key) on one of the slots' threads once a slot is free, waited for on the loop for
+    at most POOL_WAIT_SECONDS (then a 503); answered 503 after REQUEST_LIMIT_SECONDS. A thread past
+    that is abandoned, not killed: it holds its pooled connection until the database answers or
+    drops it, so a frozen database costs at most the pool's 4 connections, and later requests a
+    1 s pool wait.
 
     inline_first (SQLite): features(key, inline=True) on the loop first; the thread only when it
-    raises OnThread. slots (OnlineFeatures.slots): the thread starts only once one is free, waited
-    for on the loop for at most POOL_WAIT_SECONDS, then a 503."""
+    raises OnThread."""
     global _last_overrun_log
     if inline_first:
         try:
             return features(key, inline=True)
         except OnThread:
             pass
-    if slots is not None:
-        acquired = False
-        with anyio.move_on_after(POOL_WAIT_SECONDS):
-            await slots.acquire()
-            acquired = True
-        if not acquired:
+    semaphore = slots.semaphore
+    if semaphore.locked():
+        try:
+            async with asyncio.timeout(POOL_WAIT_SECONDS):
+                await semaphore.acquire()
+        except TimeoutError:
             log_pool_full()
-            raise errors.database_unavailable(key)
+            raise errors.database_unavailable(key) from None
+    else:
+        await semaphore.acquire()  # free: returns at once
     try:
-        with anyio.move_on_after(REQUEST_LIMIT_SECONDS):
-            return await anyio.to_thread.run_sync(features, key, abandon_on_cancel=True)
+        async with asyncio.timeout(REQUEST_LIMIT_SECONDS) as limit:
+            # in the request's context, so that the thread's log lines carry its request id
+            run = contextvars.copy_context().run
+            return await asyncio.get_running_loop().run_in_executor(slots.executor, run, features, key)
+    except TimeoutError:
+        if not limit.expired():  # features' own (a socket timeout, say): not the request limit
+            raise
     finally:
-        if slots is not None:
-            slots.release()  # a thread abandoned past the limit keeps its connection, not its slot
+        semaphore.release()  # a thread abandoned past the limit keeps its connection, not its slot
     now = time.monotonic()
     if now - _last_overrun_log > 10.0:  # once per burst, not once per request
         _last_overrun_log = now
@@ -122,7 +149,7 @@ class OnlineFeatures:
         self._state_lock = threading.Lock()
         self._down_until = 0.0  # monotonic time before which a failed connect is not retried
         self._down_reason = ""
-        self._slots: anyio.CapacityLimiter | None = None
+        self._slots: ReadSlots | None = None
 
     def engine(self) -> Engine:
         # Per worker: 4 pooled connections (WEB_CONCURRENCY x 4 in all), no overflow; a request
@@ -140,11 +167,10 @@ class OnlineFeatures:
                     event.listen(self._engine, "do_connect", self._connect)
             return self._engine
 
-    def slots(self) -> anyio.CapacityLimiter:
-        """POOL_SIZE thread slots for by-entity reads (within_limit): made on first use, in the worker's
-        event loop."""
+    def slots(self) -> ReadSlots:
+        """POOL_SIZE thread slots for by-entity reads (within_limit): made on first use, in the worker."""
         if self._slots is None:
-            self._slots = anyio.CapacityLimiter(POOL_SIZE)
+            self._slots = ReadSlots(POOL_SIZE)
         return self._slots
 
     def inline_engine(self) -> Engine:
@@ -212,6 +238,8 @@ class OnlineFeatures:
             raise errors.database_unavailable(key) from None
 
     def close(self) -> None:
+        if self._slots is not None:
+            self._slots.close()
         for engine in (self._engine, self._inline_engine):
             if engine is not None:
                 engine.dispose()

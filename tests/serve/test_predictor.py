@@ -11,7 +11,7 @@ from registry.store import Registry
 from serve import online as online_module
 from serve.errors import RequestError
 from serve.models import ModelStore
-from serve.online import OnlineFeatures, OnThread, within_limit
+from serve.online import OnlineFeatures, OnThread, ReadSlots, within_limit
 from serve.predictor import Predictor
 from tests.conftest import KEY
 
@@ -77,7 +77,7 @@ def test_an_attempt_on_the_loop_past_its_time_limit_is_done_on_a_thread(monkeypa
         key = frame[KEY].tolist()[0]
         with pytest.raises(OnThread):
             online.features(key, inline=True)
-        got = anyio.run(within_limit, features, key, True)
+        got = anyio.run(within_limit, features, key, True, ReadSlots())
         assert calls == [True, False]  # tried on the loop, then answered by the thread
         assert got is not None
         assert_same_now(got, online.features(key))
@@ -120,16 +120,54 @@ def test_at_most_the_pools_size_of_threads_read_at_once_and_the_rest_wait_at_mos
         return answers
 
     # 2 slots, 10 reads of 50 ms: 5 turns (250 ms) fit in the 300 ms wait; every read answers
-    answers = anyio.run(many, 10, anyio.CapacityLimiter(2))
+    answers = anyio.run(many, 10, ReadSlots(2))
     assert most[0] == 2 and sorted(a["key"] for a in answers) == list(range(10))
     # 2 slots, 20 reads: the last ones wait past 300 ms and get a 503, logged once for the burst
     most[0] = 0
     with caplog.at_level("ERROR", logger="serve.online"):
-        answers = anyio.run(many, 20, anyio.CapacityLimiter(2))
+        answers = anyio.run(many, 20, ReadSlots(2))
     assert most[0] == 2
     refused = [a for a in answers if a == 503]
     assert 6 <= len(refused) <= 14 and len(answers) == 20
     assert sum("connections busy" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_read_past_the_request_limit_is_a_503_that_gives_back_its_slot_and_logs_with_the_request_id(
+        monkeypatch, caplog):
+    import threading
+
+    import anyio
+
+    from serve.logs import request_id
+
+    monkeypatch.setattr(online_module, "REQUEST_LIMIT_SECONDS", 0.2)
+    monkeypatch.setattr(online_module, "_last_overrun_log", 0.0)
+    frozen, seen = threading.Event(), []
+
+    def features(key, inline=False):
+        seen.append((threading.current_thread().name, request_id.get()))
+        if key == "frozen":
+            frozen.wait(10)  # a database that never answers, until the test lets it go
+        return {"key": key}
+
+    async def main(slots):
+        request_id.set("req-1")
+        with pytest.raises(RequestError) as refused:
+            await within_limit(features, "frozen", False, slots)
+        assert refused.value.status == 503
+        # the only slot is free again, and the next read gets a thread of its own meanwhile
+        return await within_limit(features, "next", False, slots)
+
+    slots = ReadSlots(1)
+    try:
+        with caplog.at_level("ERROR", logger="serve.online"):
+            assert anyio.run(main, slots) == {"key": "next"}
+        assert [rid for _, rid in seen] == ["req-1", "req-1"]  # the request's context, on the thread
+        assert len({name for name, _ in seen}) == 2 and all(n.startswith("by-entity") for n, _ in seen)
+        assert sum("no answer from the database" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        frozen.set()
+        slots.close()
 
 
 def test_the_same_refusals_as_over_http(predictor, frame):
