@@ -6,6 +6,9 @@ One request at a time, like S3's own guarantee for conditional writes: moto chec
 If-None-Match and then stores the object in two steps, so a threaded moto could let two racing
 writers both pass the check. Serialised, each conditional PUT is atomic, as it is on S3.
 (Without threads werkzeug speaks HTTP/1.0: one connection per request, so no client holds it.)
+One way it differs from S3: ListMultipartUploads reports every upload as initiated on
+2010-11-10, so the store's cleanup of uploads older than an hour takes any upload it lists for
+an old one (tests that start a multipart write next to another writer order them for this).
 Started by the fixtures in tests/registry/conftest.py, which stop it (or SIGSTOP it: a store
 that hangs) by its pid.
 """
