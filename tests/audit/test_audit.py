@@ -49,12 +49,12 @@ def test_verdict_rule(value, threshold, strict, expected):
 
 # -- experiment tracking ---------------------------------------------------------------------
 
-def runs_csv(path: Path, recent: int, old: int = 0) -> Path:
+def runs_csv(path: Path, recent: int, old: int = 0, now: datetime = NOW) -> Path:
     for i in range(recent):
-        append_run(path, {"started_at": (NOW - timedelta(days=29 * i / max(recent, 1), hours=1)).isoformat(),
+        append_run(path, {"started_at": (now - timedelta(days=29 * i / max(recent, 1), hours=1)).isoformat(),
                           "run_id": f"recent-{i}"})
     for i in range(old):
-        append_run(path, {"started_at": (NOW - timedelta(days=31 + i)).isoformat(), "run_id": f"old-{i}"})
+        append_run(path, {"started_at": (now - timedelta(days=31 + i)).isoformat(), "run_id": f"old-{i}"})
     return path
 
 
@@ -262,7 +262,9 @@ def test_parity_is_unknown_without_the_app_tables(tmp_path):
 
 def test_json_output_parses(tmp_path, capsys):
     root = registry(tmp_path / "models", {V1: "lightgbm"}, {V1: 10}, [V1])
-    args = ["--json", "--model-dir", str(root), "--runs", str(runs_csv(tmp_path / "runs.csv", 25)),
+    # the command reads the clock: runs dated from it (from NOW they leave the 30-day window as days pass)
+    runs = runs_csv(tmp_path / "runs.csv", 25, now=datetime.now(UTC))
+    args = ["--json", "--model-dir", str(root), "--runs", str(runs),
             "--compose", str(compose_file(tmp_path / "compose.yml", 11)), "--skip-parity"]
     assert audit.main(args) == 0
     rows = json.loads(capsys.readouterr().out)
