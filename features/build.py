@@ -249,24 +249,38 @@ class _OnlineStatement:
         # never changes, so neither do its names.
         self.columns: tuple[str, ...] = ()
 
-    def row(self, conn: Connection, key, as_of: datetime) -> dict | None:
+    def args(self, key, as_of: datetime) -> dict | list:
+        """The statement's parameters for `key` as of `as_of`, in the driver's paramstyle."""
         params = {name: value for name, value in window_params(as_of).items() if name in self.names}
         if self.to_db is not None:
             params = {name: self.to_db(value) for name, value in params.items()}
         params["first_key"] = params["last_key"] = key
-        args = params if self.order is None else [params[name] for name in self.order]
+        return params if self.order is None else [params[name] for name in self.order]
+
+    def named(self, cursor, values) -> dict | None:
+        """The fetched row as {column: value}; None for no row."""
+        if values is None:
+            return None
+        names = self.columns
+        if len(names) != len(values):  # first call (or the tables' columns changed under it)
+            names = self.columns = tuple(d[0] for d in cursor.description)
+        return dict(zip(names, values, strict=True))
+
+    async def row_async(self, conn, key, as_of: datetime) -> dict | None:
+        """row() on a psycopg AsyncConnection (the server's Postgres reads on its event loop); the
+        driver's errors are the caller's to sort (a dropped connection is retried there)."""
+        async with conn.cursor() as cursor:
+            await cursor.execute(self.string, self.args(key, as_of))
+            return self.named(cursor, await cursor.fetchone())
+
+    def row(self, conn: Connection, key, as_of: datetime) -> dict | None:
+        args = self.args(key, as_of)
         for attempt in (1, 2):
             dbapi_conn = conn.connection.dbapi_connection
             cursor = dbapi_conn.cursor()
             try:
                 cursor.execute(self.string, args)
-                values = cursor.fetchone()
-                if values is None:
-                    return None
-                names = self.columns
-                if len(names) != len(values):  # first call (or the tables' columns changed under it)
-                    names = self.columns = tuple(d[0] for d in cursor.description)
-                return dict(zip(names, values, strict=True))
+                return self.named(cursor, cursor.fetchone())
             except conn.dialect.dbapi.Error as exc:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 if not conn.dialect.is_disconnect(exc, dbapi_conn, cursor):
@@ -286,16 +300,20 @@ class _OnlineStatement:
 _online_statements: dict[tuple[str, str], _OnlineStatement] = {}
 
 
+def online_statement(dialect) -> _OnlineStatement:
+    """online_sql() compiled for `dialect`, once per process."""
+    statement = _online_statements.get((dialect.name, dialect.driver))
+    if statement is None:
+        statement = _online_statements[(dialect.name, dialect.driver)] = _OnlineStatement(dialect)
+    return statement
+
+
 def online_row(conn: Connection, key, as_of: datetime) -> dict | None:
     """The joined SQL row of one entity as of `as_of`, or None if the spine has no such entity.
 
     One statement, one round trip: the files training runs, joined in SQL (online_sql()).
     """
-    dialect = conn.dialect
-    statement = _online_statements.get((dialect.name, dialect.driver))
-    if statement is None:
-        statement = _online_statements[(dialect.name, dialect.driver)] = _OnlineStatement(dialect)
-    return statement.row(conn, key, as_of)
+    return online_statement(conn.dialect).row(conn, key, as_of)
 
 
 def build_online(conn: Connection, key, as_of: datetime) -> dict | None:

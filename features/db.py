@@ -99,14 +99,7 @@ def make_engine(
             if statement_timeout is not None:
                 _sqlite_time_limit(engine, statement_timeout)
             return engine
-        connect_args: dict = {"connect_timeout": connect_timeout}
-        settings = []
-        if statement_timeout is not None:
-            settings.append(f"-c statement_timeout={max(1, round(statement_timeout * 1000))}")
-        if generic_plans:
-            settings.append("-c plan_cache_mode=force_generic_plan")
-        if settings:
-            connect_args["options"] = " ".join(settings)
+        connect_args = postgres_connect_args(connect_timeout, statement_timeout, generic_plans)
         return create_engine(
             parsed,
             pool_size=pool_size,
@@ -118,6 +111,21 @@ def make_engine(
         )
     except NoSuchModuleError:
         raise DatabaseError(f"no driver for DATABASE_URL scheme {parsed.drivername!r}") from None
+
+
+def postgres_connect_args(connect_timeout: int, statement_timeout: float | None = None,
+                          generic_plans: bool = False) -> dict:
+    """psycopg connect() keywords for make_engine's bounds (see there); also the server's own
+    connections on its event loop (serve/online.py)."""
+    connect_args: dict = {"connect_timeout": connect_timeout}
+    settings = []
+    if statement_timeout is not None:
+        settings.append(f"-c statement_timeout={max(1, round(statement_timeout * 1000))}")
+    if generic_plans:
+        settings.append("-c plan_cache_mode=force_generic_plan")
+    if settings:
+        connect_args["options"] = " ".join(settings)
+    return connect_args
 
 
 def missing_sqlite_message(path: Path) -> str:

@@ -125,10 +125,10 @@ class Predictor:
             if model.metrics.inputs is not None:
                 model.metrics.inputs.flush()
 
-    def entity_features(self, key: Any, inline: bool = False) -> dict[str, Any]:
-        """The entity's features from the database (blocking: run it in a thread; inline=True only
-        on SQLite, from the event loop, see serve/online.py)."""
-        features = self.online.features(key, inline)
+    async def entity_features(self, key: Any) -> dict[str, Any]:
+        """The entity's features from the database, read from the event loop within the request
+        limit (serve/online.py); 404 when it has no such entity, 503 when the database fails."""
+        features = await self.online.read(key)
         if features is None:
             raise errors.entity_not_found(key)
         return features

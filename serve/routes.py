@@ -21,7 +21,6 @@ from features.spec import SPEC
 from monitoring import metrics as prom
 from serve import errors
 from serve.deps import ModelDep, PredictorDep, SettingsDep, StoreDep
-from serve.online import within_limit
 from serve.validation import (
     body_key_json_schema,
     check_path_key,
@@ -84,8 +83,7 @@ def router(max_batch_rows: int) -> APIRouter:
               summary=f"Score a {SPEC.entity.name} with features computed now from the database")
     async def predict_user(request: Request, predictor: PredictorDep, _ready: ModelDep) -> Response:
         key = check_path_key(request.path_params["user_id"])  # not a signature parameter: one documented path id
-        # a 503 after REQUEST_LIMIT_SECONDS; SQLite is tried on the loop first (serve/online.py)
-        features = await within_limit(predictor.entity_features, key, predictor.online.inline, predictor.online.slots())
+        features = await predictor.entity_features(key)  # a 503 after REQUEST_LIMIT_SECONDS (serve/online.py)
         return json_response(predictor.score_entity(key, features))  # on the loop: score_one is not thread-safe
 
     @api.get("/health", summary="Liveness: the process answers")

@@ -115,14 +115,14 @@ def test_rss_leaves_out_the_pages_of_a_mapped_database_file(tmp_path):
 
 @pytest.mark.parametrize("which", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_online_figures_come_from_the_servers_own_path_on_both_databases(which, request):
-    """The in-process by-id figures call OnlineFeatures as a request does (a checkout per call, on
-    SQLite the event loop's engine with its 5 ms limit): every call answers, none is interrupted."""
+    """The in-process by-id figures await OnlineFeatures.read as a request does (on Postgres the
+    event loop's connections, on SQLite the loop's engine with its 5 ms limit): every call answers."""
     from serve.bench import entity_keys, online_in_process
 
     url = request.getfixturevalue("small_sqlite_url" if which == "sqlite" else "small_postgres_url")
     figures = online_in_process(url, entity_keys(url)[:50], seconds=0.3)
-    assert set(figures) == {"online features, one entity (OnlineFeatures.features)",
-                            "  of which checkout + the one SQL statement", "  of which pool checkout + return",
+    assert set(figures) == {"online features, one entity (OnlineFeatures.read)",
+                            "  of which checkout + the one SQL statement", "  of which connection checkout + return",
                             "online features CPU ms (this thread)"}
     assert all(value > 0 for value in figures.values()), figures
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from ab.exposures import ExposureWriter
@@ -41,8 +42,11 @@ def test_scores_like_the_model_without_http(predictor, frame, small_models):
     batch = predictor.batch({"rows": rows[:3]})
     assert batch["scores"][0] == pytest.approx(one["score"], abs=1e-12)
     key = frame[KEY].tolist()[0]
-    features = predictor.entity_features(key)
+    features = anyio.run(predictor.entity_features, key)
     assert predictor.score_entity(key, features)["model_version"] == v1
+    with pytest.raises(RequestError) as missing:
+        anyio.run(predictor.entity_features, "no-such-user")
+    assert missing.value.status == 404
 
 
 def assert_same_now(a: dict, b: dict) -> None:
@@ -54,16 +58,13 @@ def assert_same_now(a: dict, b: dict) -> None:
 
 def test_on_sqlite_the_loop_reads_an_entity_itself_and_gets_what_the_thread_gets(predictor, frame):
     assert predictor.online.inline
+    online = predictor.online
     for key in frame[KEY].tolist():
-        assert_same_now(predictor.entity_features(key, inline=True), predictor.entity_features(key))
-    with pytest.raises(RequestError) as missing:
-        predictor.entity_features("no-such-user", inline=True)
-    assert missing.value.status == 404
+        assert_same_now(online.features(key, inline=True), online.features(key))
+    assert online.features("no-such-user", inline=True) is None
 
 
 def test_an_attempt_on_the_loop_past_its_time_limit_is_done_on_a_thread(monkeypatch, small_sqlite_url, frame):
-    import anyio
-
     # The real SQLite progress handler, with a limit no statement meets: the loop gives up at once.
     monkeypatch.setattr(online_module, "INLINE_LIMIT_SECONDS", 1e-9)
     online = OnlineFeatures(small_sqlite_url)
@@ -89,8 +90,6 @@ def test_an_attempt_on_the_loop_past_its_time_limit_is_done_on_a_thread(monkeypa
 def test_at_most_the_pools_size_of_threads_read_at_once_and_the_rest_wait_at_most_the_pool_wait(monkeypatch, caplog):
     import threading
     import time
-
-    import anyio
 
     monkeypatch.setattr(online_module, "POOL_WAIT_SECONDS", 0.3)
     monkeypatch.setattr(online_module, "_last_pool_full_log", 0.0)
@@ -135,8 +134,6 @@ def test_at_most_the_pools_size_of_threads_read_at_once_and_the_rest_wait_at_mos
 def test_a_read_past_the_request_limit_is_a_503_that_gives_back_its_slot_and_logs_with_the_request_id(
         monkeypatch, caplog):
     import threading
-
-    import anyio
 
     from serve.logs import request_id
 
@@ -211,3 +208,88 @@ def test_served_inputs_are_counted_into_each_features_training_bins(predictor, f
     predictor.batch({"rows": rows[:3]})
     predictor.flush_metrics()  # the poll loop and /metrics do this
     assert {b.name: served(b.name) - before[b.name] for b in baselines} == {b.name: 8 for b in baselines}
+
+
+def test_on_postgres_the_loop_reads_what_a_thread_reads_and_survives_a_restart(small_postgres_url):
+    """features_on_loop (psycopg's AsyncConnection on the event loop) against the thread path's
+    features(), for every entity of the small demo and one that is not there; then the server's
+    connections are terminated under it (a Postgres restart) and the next read reconnects."""
+    from sqlalchemy import text
+
+    from features.db import make_engine
+    from features.spec import SPEC
+
+    engine = make_engine(small_postgres_url)
+    with engine.connect() as conn:
+        keys = list(conn.execute(text(f"SELECT {SPEC.entity.key} FROM {SPEC.entity.table} ORDER BY 1")).scalars())
+    online = OnlineFeatures(small_postgres_url)
+    assert online.on_loop and not online.inline
+
+    async def reads(batch):
+        return [await online.read(key) for key in batch]
+
+    try:
+        got = anyio.run(reads, keys)
+        for key, features in zip(keys, got, strict=True):
+            assert features is not None, key
+            assert_same_now(features, online.features(key))
+        assert anyio.run(reads, ["no-such-user"]) == [None]
+        assert len(online._idle) == 1  # one request at a time: one connection, reused
+        pids = [conn.info.backend_pid for conn in online._idle]
+        with engine.connect() as conn:
+            ended = conn.execute(text("SELECT count(*) FROM unnest(CAST(:pids AS int[])) pid "
+                                      "WHERE pg_terminate_backend(pid)"), {"pids": pids}).scalar()
+        assert ended == 1
+        assert_same_now(anyio.run(reads, keys[:1])[0], online.features(keys[0]))
+    finally:
+        online.close()
+        engine.dispose()
+
+
+def test_on_postgres_a_read_frozen_mid_statement_is_a_503_at_the_request_limit_and_then_recovers(
+        monkeypatch, caplog, small_postgres_url):
+    """The database stops answering after the statement went out: the read on the loop is cut at
+    REQUEST_LIMIT_SECONDS (psycopg's own cancel-and-wait, up to 10 s, is left to a background task)
+    and the next read, the database back, gets a fresh connection."""
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    from serve import chaos
+
+    monkeypatch.setattr(online_module, "REQUEST_LIMIT_SECONDS", 0.5)
+    monkeypatch.setattr(online_module, "_last_overrun_log", 0.0)
+    url = make_url(small_postgres_url)
+    proxy = chaos.FreezingProxy(url.port or 5432, url.host or "127.0.0.1")
+    online = OnlineFeatures(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
+
+    from sqlalchemy import text
+
+    from features.db import make_engine
+    from features.spec import SPEC
+
+    engine = make_engine(small_postgres_url)
+    with engine.connect() as conn:
+        key = conn.execute(text(f"SELECT {SPEC.entity.key} FROM {SPEC.entity.table} LIMIT 1")).scalar()
+    engine.dispose()
+
+    async def main():
+        first = await online.read(key)
+        proxy.frozen.set()
+        started = time.monotonic()
+        with pytest.raises(RequestError) as cut:
+            await online.read(key)
+        took = time.monotonic() - started
+        proxy.frozen.clear()
+        return first, cut.value.status, took, await online.read(key)
+
+    try:
+        with caplog.at_level("ERROR", logger="serve.online"):
+            first, status, took, after = anyio.run(main)
+        assert status == 503 and took < 1.0, took
+        assert first is not None and after is not None
+        assert_same_now(after, first)
+        assert any("no answer from the database within" in r.getMessage() for r in caplog.records)
+    finally:
+        online.close()
+        proxy.close()
