@@ -298,6 +298,9 @@ def parse_wrk(text: str) -> dict[str, float]:
             "p99_ms": ms("99"), "errors": errors}
 
 
+SETTLE_SECONDS = 0.5
+
+
 def wrk(url: str, seconds: int, connections: int, script: Path | None = None, threads: int = 1,
         cpus: set[int] | None = None) -> dict[str, float]:
     """Run wrk (pinned to `cpus` when given) and parse its figures."""
@@ -305,6 +308,11 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None, th
     if script:
         cmd[1:1] = ["-s", str(script)]
     done = subprocess.run(pinned(cmd, cpus), capture_output=True, text=True, check=True)
+    # wrk stops at its deadline without reading the answers in flight, and the server still
+    # computes them: after a batch run, up to 16 batches (~50 ms of work per worker). Measured
+    # back to back, that stalled the next run's first moments (p99 of /predict 36-61 ms in the
+    # first second after a batch run, 5-7 ms with this pause in between).
+    time.sleep(SETTLE_SECONDS)
     return parse_wrk(done.stdout)
 
 
