@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from features.codec import CODEC
+from features.db import first_line
 from features.derive import TRANSFORM, to_naive_utc
 from features.schema import FEATURE_NAMES, KEY, LABEL
 from features.spec import SPEC, SQL_DIR
@@ -282,7 +283,7 @@ class _OnlineStatement:
                 cursor.execute(self.string, args)
                 return self.named(cursor, cursor.fetchone())
             except conn.dialect.dbapi.Error as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                reason = first_line(exc)
                 if not conn.dialect.is_disconnect(exc, dbapi_conn, cursor):
                     raise FeatureSQLError(f"{ONLINE_SQL_NAME} failed on {conn.dialect.name}: {reason}") from None
                 # The database restarted or dropped us: its other pooled connections are gone too

@@ -24,6 +24,11 @@ class DatabaseError(RuntimeError):
     """The database cannot be used; the message says which and what to do."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message in one line for a log or an answer: its first line, else its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def redact(url: str) -> str:
     """The URL with its password hidden, for messages."""
     try:

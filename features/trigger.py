@@ -45,7 +45,7 @@ def parity_check(database_url: str, sample: int = PARITY_SAMPLE,
     from sqlalchemy.exc import SQLAlchemyError
 
     from features import build
-    from features.db import DatabaseError, check_connection, make_engine, redact
+    from features.db import DatabaseError, check_connection, first_line, make_engine, redact
 
     t0 = time.perf_counter()
     engine = None
@@ -62,8 +62,7 @@ def parity_check(database_url: str, sample: int = PARITY_SAMPLE,
         result = Parity("ok", as_of=f"{as_of:%Y-%m-%d}", checked=checked, mismatches=len(mismatches),
                         examples=mismatches[:5])
     except (DatabaseError, build.EmptyDataError, build.FeatureSQLError, SQLAlchemyError, OSError) as exc:
-        return Parity("unknown", reason=str(exc).strip().splitlines()[0] if str(exc).strip() else
-                      type(exc).__name__)
+        return Parity("unknown", reason=first_line(exc))
     finally:
         if engine is not None:
             engine.dispose()

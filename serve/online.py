@@ -56,7 +56,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from features.build import ONLINE_SQL_NAME, FeatureSQLError, build_online, online_statement
-from features.db import DatabaseError, make_engine, postgres_connect_args
+from features.db import DatabaseError, first_line, make_engine, postgres_connect_args
 from features.derive import TRANSFORM
 from serve import errors
 
@@ -189,6 +189,7 @@ class OnlineFeatures:
         self.inline = backend == "sqlite"  # tried on the event loop, then on a thread (within_limit)
         self.on_loop = backend == "postgresql"  # psycopg's async connections on the loop (features_on_loop)
         self._idle: deque = deque()  # on_loop: connections not in use, the most recent last
+        self._statement = None  # on_loop: features/build.py's compiled statement, on first read
         self._lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._down_until = 0.0  # monotonic time before which a failed connect is not retried
@@ -238,13 +239,17 @@ class OnlineFeatures:
             self._connect_failed(exc)
             raise
 
+    def _down(self) -> bool:
+        """A connect failed within the last RETRY_AFTER_SECONDS: do not try another yet."""
+        return time.monotonic() < self._down_until
+
     def _check_down(self) -> None:
-        if time.monotonic() < self._down_until:
+        if self._down():
             raise DatabaseError(f"the database did not answer a connect in the last {RETRY_AFTER_SECONDS:g}s "
                                 f"({self._down_reason}); trying again after that")
 
     def _connect_failed(self, exc: BaseException) -> None:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         with self._state_lock:  # the pool's connects fail together: one line, not one per slot
             self._down_until = time.monotonic() + RETRY_AFTER_SECONDS
             new, self._down_reason = reason != self._down_reason, reason
@@ -264,7 +269,7 @@ class OnlineFeatures:
         worker, with the thread path's bounds (the slots' pool wait, a 2 s connect, a 2 s statement,
         REQUEST_LIMIT_SECONDS in all, a 2 s pause after a failed connect) and no thread hop: ~25%
         more by-id req/s than a thread per read in an A/B (serve/README.md)."""
-        if self._down_until and time.monotonic() < self._down_until:
+        if self._down():  # before taking a slot: while down, a 503 at once
             raise errors.database_unavailable(key)
         return await bounded(lambda: _abandoned_when_cut(self._read_on_loop(key)), key, self.slots())
 
@@ -279,14 +284,16 @@ class OnlineFeatures:
     async def _read_on_loop(self, key: Any) -> dict | None:
         import psycopg  # Postgres servers only
 
-        statement = online_statement(self.engine().dialect)
+        statement = self._statement
+        if statement is None:  # compiled once per process; kept here to spare each read the engine's lock
+            statement = self._statement = online_statement(self.engine().dialect)
         now = datetime.now(UTC).replace(tzinfo=None)
         for attempt in (1, 2):
             conn = self._idle.pop() if self._idle else await self._connect_on_loop(key)
             try:
                 raw = await statement.row_async(conn, key, now)
             except psycopg.Error as exc:
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                reason = first_line(exc)
                 if not conn.broken and not conn.closed:  # a failed statement (or Postgres's 2 s limit)
                     self._idle.append(conn)
                     log.error("by-entity features failed: %s failed on postgresql: %s", ONLINE_SQL_NAME, reason)
@@ -310,10 +317,8 @@ class OnlineFeatures:
     async def _connect_on_loop(self, key: Any):
         import psycopg
 
-        try:
-            self._check_down()
-        except DatabaseError:
-            raise errors.database_unavailable(key) from None
+        if self._down():
+            raise errors.database_unavailable(key)
         engine = self.engine()
         _, params = engine.dialect.create_connect_args(engine.url)
         try:
@@ -337,7 +342,7 @@ class OnlineFeatures:
 
         inline=True (SQLite, on the event loop): within INLINE_LIMIT_SECONDS or OnThread; any other
         failure is OnThread too, so that the thread's attempt reports it."""
-        if self._down_until and time.monotonic() < self._down_until:
+        if self._down():  # before taking a slot: while down, a 503 at once
             raise errors.database_unavailable(key)
         now = datetime.now(UTC).replace(tzinfo=None)
         if inline:
